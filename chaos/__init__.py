@@ -1,0 +1,1 @@
+"""agentnode.chaos: real node processes in network namespaces with injected faults."""

@@ -1,0 +1,1 @@
+"""agentnode.cli: the thin command layer (parse, build config, call the library, exit code)."""

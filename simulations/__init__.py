@@ -1,0 +1,1 @@
+"""agentnode.simulations: a seeded, discrete-event world that runs the real protocol cores at scale."""
