@@ -21,6 +21,7 @@ __all__ = [
     "BackpressureError",
     "FrameHandler",
     "PeerRefused",
+    "ProtocolError",
     "Transport",
     "TransportError",
     "TransportStats",
@@ -83,6 +84,10 @@ class PeerRefused(TransportError):
     """A peer failed authentication: wrong CA, expired certificate, node id mismatch, or revoked."""
 
 
+class ProtocolError(TransportError):
+    """A peer sent bytes that break the wire protocol (see `framing.FrameError`); its connection is closed."""
+
+
 @dataclass(frozen=True, slots=True)
 class TransportStats:
     """Counters a transport keeps; exported as metrics by the node."""
@@ -99,6 +104,8 @@ class TransportStats:
     backpressure_drops: int = 0
     """Sends refused with `BackpressureError` because a peer's queue was full."""
     dial_failures: int = 0
+    frames_dropped: int = 0
+    """Frames discarded without being written: peer unreachable, refused, or connection lost before the write."""
 
 
 class FrameHandler(Protocol):
