@@ -1,0 +1,899 @@
+"""NodeCore: the sans-I/O node. SWIM membership with Lifeguard, piggybacked gossip, push-pull anti-entropy,
+seeds and partition healing, driven by three inputs and drained through three outputs.
+
+Inputs: `receive(sender_id, frame, now_ms)`, `handle_timer(now_ms)`, and API calls (`start`, `add_seeds`,
+`peer_unreachable`, `leave`). After any input, drain `messages_to_send()` and `next_event()`, then
+re-arm one timer at `get_timer()`. The same object runs under the asyncio runtime, the in-memory
+transport and the deterministic simulator; it reads no clock and draws randomness only from `rng`.
+
+Protocol summary (details and sources in docs/protocols/membership.md):
+- every probe period one member (randomised round robin) gets a ping; without an ack after the probe
+  timeout, `indirect_checks` helpers are sent ping-reqs and the target gets a second direct ping; without
+  any ack by the end of the period the target is suspected (SWIM §3-4);
+- suspicion times out from max toward min as independent accusers confirm it (Lifeguard); the suspect
+  learns it directly and by gossip, and refutes with incarnation + 1;
+- missed nacks and refutations raise a local health score that stretches our own timeouts (Lifeguard LHA);
+- updates ride on pings/acks and on gossip rounds sent only while something is queued;
+- a full state exchange with one random member every push-pull interval; joins are push-pulls to seeds;
+- dead members are pinged at a low rate and seeds not seen alive are re-contacted, so a healed partition
+  or a fully restarted cluster re-forms without an operator (memberlist does not do this).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from agentnode import events as ev
+from agentnode.dissemination import Dissemination, retransmit_limit
+from agentnode.membership import (
+    ALIVE,
+    DEAD,
+    KIND_OF_STATE,
+    LEFT,
+    SUSPECT,
+    TIMEOUT,
+    Awareness,
+    Member,
+    MemberRecord,
+    ProbeOrder,
+    Suspicion,
+    push_pull_interval_ms,
+    suspicion_timeouts_ms,
+    transition,
+)
+from agentnode.messages import (
+    KIND_ALIVE,
+    KIND_DEAD,
+    KIND_LEFT,
+    KIND_SUSPECT,
+    MAX_ADDRESS_CHARS,
+    MAX_ID_CHARS,
+    MAX_METADATA_CHARS,
+    MAX_METADATA_ENTRIES,
+    MAX_STATES_PER_PUSH_PULL,
+    Ack,
+    FrameError,
+    Gossip,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    PushPullReply,
+    Update,
+    decode,
+    encode,
+)
+from agentnode.profiles import MembershipProfile
+
+__sans_io__ = True
+
+__all__ = ["Member", "NodeCore", "Outgoing"]
+
+MAX_SEEDS = 256
+"""Seed addresses remembered (bootstrap + mDNS + peer cache)."""
+MAX_SEED_CONTACTS_PER_TICK = 8
+"""Seeds contacted in one seed tick."""
+MAX_PENDING_PINGS = 64
+"""Reconnect / seed pings awaiting an ack; the oldest is forgotten beyond this."""
+MAX_OUTBOX = 100_000
+"""Frames waiting for `messages_to_send`; beyond this new frames are dropped and counted."""
+MAX_EVENTS = 100_000
+"""Events waiting for `next_event`; beyond this the oldest are dropped and counted."""
+LEAVE_FANOUT_MULT = 2
+"""A leave is sent at once to gossip_nodes * this many members, then gossiped as usual."""
+
+_TIMER_SUSPICION = 0
+_TIMER_RELAY = 1
+_LIVE = (ALIVE, SUSPECT)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One frame to send."""
+
+    address: str
+    """"host:port" where the peer listens (opaque to the core)."""
+    peer_id: str | None
+    """The node id the peer must prove; None when dialling a seed."""
+    frame: Any
+    """One msgpack-serialisable value."""
+
+
+class _Probe:
+    """This node's probe in flight (one at a time)."""
+
+    __slots__ = ("target", "address", "seq", "direct_deadline_ms", "end_ms", "indirect", "nacks_expected", "nacks")
+
+    def __init__(self, target: str, address: str, seq: int, direct_deadline_ms: int, end_ms: int) -> None:
+        self.target = target
+        self.address = address
+        self.seq = seq
+        self.direct_deadline_ms = direct_deadline_ms
+        self.end_ms = end_ms
+        self.indirect = False
+        self.nacks_expected = 0
+        self.nacks = 0
+
+
+class _Relay:
+    """A ping-req this node serves for another node."""
+
+    __slots__ = ("origin", "origin_address", "origin_seq", "deadline_ms")
+
+    def __init__(self, origin: str, origin_address: str, origin_seq: int, deadline_ms: int) -> None:
+        self.origin = origin
+        self.origin_address = origin_address
+        self.origin_seq = origin_seq
+        self.deadline_ms = deadline_ms
+
+
+_COUNTERS = (
+    "frames_sent", "frames_received", "dropped_malformed", "dropped_wrong_cluster", "dropped_version",
+    "dropped_from_self", "dropped_not_started", "dropped_outbox_full", "events_dropped",
+    "pings_sent", "acks_received", "acks_late", "ping_reqs_sent", "ping_reqs_served", "ping_reqs_dropped",
+    "nacks_sent", "nacks_received", "probes_failed", "suspicions", "confirmations", "degraded_timeouts",
+    "members_failed", "refutations", "updates_applied", "updates_unknown_member", "updates_dropped",
+    "gossip_sent", "push_pulls_sent", "push_pulls_served", "joins_sent", "joins_served", "seed_pings",
+    "reconnect_pings", "reconnects", "peer_unreachable", "members_reaped",
+)
+
+
+class NodeCore:
+    """The sans-I/O membership node. Construct, `start`, then feed inputs and drain outputs."""
+
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        *,
+        cluster: str,
+        profile: MembershipProfile,
+        rng: random.Random,
+        incarnation: int = 0,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        if not isinstance(node_id, str) or not 0 < len(node_id) <= MAX_ID_CHARS:
+            raise ValueError(f"node_id must be a non-empty string of at most {MAX_ID_CHARS} characters")
+        if not isinstance(address, str) or not 0 < len(address) <= MAX_ADDRESS_CHARS:
+            raise ValueError('address must be a non-empty "host:port" string')
+        if not isinstance(cluster, str) or not cluster:
+            raise ValueError("cluster must be a non-empty string (the cluster name)")
+        if not isinstance(incarnation, int) or incarnation < 0:
+            raise ValueError("incarnation must be a non-negative int (pass the value the runtime persisted)")
+        if not isinstance(rng, random.Random):
+            raise ValueError("rng must be a random.Random (seeded by the caller)")
+        meta = dict(metadata or {})
+        if len(meta) > MAX_METADATA_ENTRIES or any(
+            not isinstance(k, str) or not isinstance(v, str) or len(k) > MAX_METADATA_CHARS or len(v) > MAX_METADATA_CHARS
+            for k, v in meta.items()
+        ):
+            raise ValueError(
+                f"metadata must map str to str, at most {MAX_METADATA_ENTRIES} entries of {MAX_METADATA_CHARS} characters"
+            )
+        self.node_id = node_id
+        self.address = address
+        self.cluster = cluster
+        self.profile = profile
+        self._rng = rng
+        self._metadata = meta
+        self._me = MemberRecord(node_id, address, ALIVE, incarnation, meta, 0)
+        self._members: dict[str, MemberRecord] = {node_id: self._me}
+        self._live: list[str] = []
+        self._live_pos: dict[str, int] = {}
+        self._gone_order: list[str] = []
+        self._gone_next = 0
+        self._by_address: dict[str, str] = {}
+        self._queue = Dissemination(profile.broadcast_queue_max)
+        self._awareness = Awareness(profile.awareness_max_multiplier)
+        self._order = ProbeOrder(rng)
+        self._outbox: list[Outgoing] = []
+        self._events: deque[ev.NodeEvent] = deque()
+        self._timers: list[tuple[int, int, int, Any]] = []
+        self._timer_seq = 0
+        self._relays: dict[int, _Relay] = {}
+        self._pings: dict[int, tuple[str, str]] = {}
+        self._notified_ms: dict[str, int] = {}
+        self._probe: _Probe | None = None
+        self._seq = 0
+        self._seeds: dict[str, None] = {}
+        self._seed_cursor = 0
+        self._join_backoff_ms = profile.probe_interval_ms
+        self._started = False
+        self._leaving = False
+        self._next_probe_ms = 0
+        self._next_gossip_ms = 0
+        self._next_push_pull_ms = 0
+        self._next_reconnect_ms = 0
+        self._next_seed_ms: int | None = None
+        self._next_recontact_ms = 0
+        self._counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+        self._handlers = {
+            Ping: self._on_ping,
+            Ack: self._on_ack,
+            PingReq: self._on_ping_req,
+            Nack: self._on_nack,
+            Gossip: self._on_gossip,
+            PushPull: self._on_push_pull,
+            PushPullReply: self._on_push_pull_reply,
+        }
+        self._k = 0
+        self._susp_min_ms = 0
+        self._susp_max_ms = 0
+        self._resize()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def incarnation(self) -> int:
+        """This node's current incarnation."""
+        return self._me.incarnation
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """Live read-only view of the counters (frames, drops by reason, suspicions, refutations, ...)."""
+        return MappingProxyType(self._counters)
+
+    @property
+    def health_score(self) -> int:
+        """Lifeguard local health score: 0 is healthy; timeouts scale by score + 1."""
+        return self._awareness.score
+
+    def start(self, now_ms: int) -> None:
+        """Begin probing, announce ourselves, join through any seeds. Then drain outputs and re-arm the timer."""
+        if self._started:
+            raise RuntimeError("NodeCore.start() was already called")
+        self._started = True
+        self._me.state_since_ms = now_ms
+        p = self.profile
+        self._next_probe_ms = now_ms + self._rng.randrange(p.probe_interval_ms)
+        self._next_gossip_ms = now_ms
+        self._next_push_pull_ms = now_ms + self._push_pull_period()
+        self._next_reconnect_ms = now_ms + p.reconnect_interval_ms
+        self._next_recontact_ms = now_ms + p.seed_recontact_interval_ms
+        self._enqueue(self._self_alive())
+        if self._seeds:
+            self._next_seed_ms = now_ms
+            self._seed_tick(now_ms)
+
+    def add_seeds(self, addresses: Sequence[str], now_ms: int) -> None:
+        """Remember bootstrap/mDNS/peer-cache addresses and contact the new ones (now if started)."""
+        if isinstance(addresses, str):
+            raise ValueError('add_seeds takes a list of "host:port" strings, not one string')
+        fresh = []
+        for address in addresses:
+            if not isinstance(address, str) or not 0 < len(address) <= MAX_ADDRESS_CHARS:
+                raise ValueError(f'seed address must be a non-empty "host:port" string, got {address!r}')
+            if address == self.address or address in self._seeds or len(self._seeds) >= MAX_SEEDS:
+                continue
+            self._seeds[address] = None
+            fresh.append(address)
+        if not self._started or self._leaving:
+            return
+        for address in fresh[:MAX_SEED_CONTACTS_PER_TICK]:
+            if address not in self._by_address or self._members[self._by_address[address]].state not in _LIVE:
+                self._contact_seed(address, now_ms)
+        if self._next_seed_ms is None:
+            self._next_seed_ms = now_ms + self._join_backoff_ms
+
+    def receive(self, sender_id: str, frame: Any, now_ms: int) -> None:
+        """Handle one frame from the authenticated `sender_id`. Peer garbage is counted and dropped, never raised."""
+        c = self._counters
+        c["frames_received"] += 1
+        if type(sender_id) is not str or not sender_id:
+            c["dropped_malformed"] += 1
+            return
+        try:
+            message = decode(frame, self.cluster)
+        except FrameError as exc:
+            c[exc.counter] += 1
+            return
+        if sender_id == self.node_id:
+            c["dropped_from_self"] += 1
+            return
+        if not self._started:
+            c["dropped_not_started"] += 1
+            return
+        self._handlers[type(message)](sender_id, message, now_ms)  # type: ignore[operator]
+        rec = self._members.get(sender_id)
+        if rec is not None and (rec.state == DEAD or rec.state == SUSPECT) and not self._leaving:
+            self._tell_accused(rec, now_ms)
+
+    def peer_unreachable(self, address: str, peer_id: str | None, now_ms: int) -> None:
+        """The transport could not reach `address`: a probe target skips straight to indirect probes."""
+        self._counters["peer_unreachable"] += 1
+        probe = self._probe
+        if probe is not None and not probe.indirect and probe.address == address and now_ms < probe.end_ms:
+            self._start_indirect(probe, now_ms)
+
+    def handle_timer(self, now_ms: int) -> None:
+        """Run everything due at `now_ms`. Then drain outputs and re-arm the timer."""
+        if not self._started:
+            return
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            deadline, _, kind, key = heapq.heappop(timers)
+            if kind == _TIMER_SUSPICION:
+                self._suspicion_timeout(key, deadline, now_ms)
+            else:
+                self._relay_timeout(key, deadline)
+        probe = self._probe
+        if probe is not None:
+            if not probe.indirect and now_ms >= probe.direct_deadline_ms:
+                self._start_indirect(probe, now_ms)
+            if now_ms >= probe.end_ms:
+                self._probe_failed(probe, now_ms)
+        if not self._leaving:
+            if now_ms >= self._next_probe_ms:
+                self._probe_tick(now_ms)
+            if now_ms >= self._next_push_pull_ms:
+                self._push_pull_tick(now_ms)
+            if now_ms >= self._next_reconnect_ms:
+                self._reconnect_tick(now_ms)
+            if self._next_seed_ms is not None and now_ms >= self._next_seed_ms:
+                self._seed_tick(now_ms)
+        if len(self._queue) and now_ms >= self._next_gossip_ms:
+            self._gossip_tick(now_ms)
+
+    def get_timer(self) -> int | None:
+        """Absolute `now_ms` at which `handle_timer` is next due, or None when nothing is scheduled."""
+        if not self._started:
+            return None
+        timers = self._timers
+        while timers and self._timer_stale(timers[0]):
+            heapq.heappop(timers)
+        best = timers[0][0] if timers else None
+        if len(self._queue):
+            best = self._next_gossip_ms if best is None or self._next_gossip_ms < best else best
+        if self._leaving:
+            return best
+        probe = self._probe
+        due = self._next_probe_ms
+        if probe is not None:
+            due = min(due, probe.end_ms if probe.indirect else probe.direct_deadline_ms)
+        due = min(due, self._next_push_pull_ms, self._next_reconnect_ms)
+        if self._next_seed_ms is not None:
+            due = min(due, self._next_seed_ms)
+        return due if best is None or due < best else best
+
+    def messages_to_send(self) -> list[Outgoing]:
+        """Drain the frames to send, in order."""
+        out = self._outbox
+        self._outbox = []
+        return out
+
+    def next_event(self) -> ev.NodeEvent | None:
+        """Pop the next event, or None when there is none."""
+        return self._events.popleft() if self._events else None
+
+    def leave(self, now_ms: int) -> None:
+        """Announce a graceful leave to a few members at once (and by gossip), then stop probing."""
+        if self._leaving:
+            return
+        if not self._started:
+            raise RuntimeError("NodeCore.leave() before start(): nothing to leave")
+        self._leaving = True
+        me = self._me
+        me.state = LEFT
+        me.state_since_ms = now_ms
+        self._probe = None
+        update = Update(KIND_LEFT, self.node_id, me.incarnation, self.address, self.node_id, None)
+        self._enqueue(update)
+        for node_id in self._sample_live(self.profile.gossip_nodes * LEAVE_FANOUT_MULT, None):
+            self._send(self._members[node_id].address, node_id, Gossip((update,)))
+
+    def members(self) -> list[Member]:
+        """Every member this node knows (itself included), sorted by node id."""
+        return [self._members[k].snapshot() for k in sorted(self._members)]
+
+    def member(self, node_id: str) -> Member | None:
+        """One member, or None if unknown."""
+        rec = self._members.get(node_id)
+        return None if rec is None else rec.snapshot()
+
+    def live_count(self) -> int:
+        """Members other than this node that are alive or suspect."""
+        return len(self._live)
+
+    # ------------------------------------------------------------------ message handlers
+
+    def _on_ping(self, sender: str, msg: Ping, now_ms: int) -> None:
+        self._apply_all(msg.updates, sender, now_ms)
+        if self._leaving:
+            return
+        self._send(msg.from_address, sender, Ack(msg.seq, self._piggyback(sender)))
+
+    def _on_ack(self, sender: str, msg: Ack, now_ms: int) -> None:
+        self._apply_all(msg.updates, sender, now_ms)
+        c = self._counters
+        c["acks_received"] += 1
+        seq = msg.seq
+        probe = self._probe
+        if probe is not None and probe.seq == seq:
+            self._probe = None
+            self._awareness.apply(-1)
+            return
+        relay = self._relays.pop(seq, None)
+        if relay is not None:
+            self._send(relay.origin_address, relay.origin, Ack(relay.origin_seq, ()))
+            return
+        purpose = self._pings.pop(seq, None)
+        if purpose is None:
+            c["acks_late"] += 1
+            return
+        rec = self._members.get(sender)
+        if purpose[0] == "seed":
+            self._by_address.setdefault(purpose[1], sender)  # remember the seed's alias for `_address_live`
+        if rec is None or rec.state not in _LIVE:
+            # A seed we do not see alive, or a dead member that answers: exchange full state with it.
+            # Our state tells it that it is dead here, so it refutes (incarnation + 1) and is re-admitted.
+            if purpose[0] == "reconnect":
+                c["reconnects"] += 1
+            address = rec.address if rec is not None and purpose[0] == "reconnect" else purpose[1]
+            self._send_push_pull(address, sender, join=False)
+
+    def _on_ping_req(self, sender: str, msg: PingReq, now_ms: int) -> None:
+        c = self._counters
+        if self._leaving:
+            return
+        if len(self._relays) >= self.profile.max_relayed_probes:
+            c["ping_reqs_dropped"] += 1
+            return
+        c["ping_reqs_served"] += 1
+        seq = self._next_seq()
+        deadline = now_ms + self.profile.probe_timeout_ms
+        self._relays[seq] = _Relay(sender, msg.from_address, msg.seq, deadline)
+        self._push_timer(deadline, _TIMER_RELAY, seq)
+        self._send(msg.target_address, msg.target_id, Ping(seq, self.address, self._piggyback(msg.target_id)))
+        c["pings_sent"] += 1
+
+    def _on_nack(self, sender: str, msg: Nack, now_ms: int) -> None:
+        self._counters["nacks_received"] += 1
+        probe = self._probe
+        if probe is not None and probe.seq == msg.seq:
+            probe.nacks += 1
+
+    def _on_gossip(self, sender: str, msg: Gossip, now_ms: int) -> None:
+        self._apply_all(msg.updates, sender, now_ms)
+
+    def _on_push_pull(self, sender: str, msg: PushPull, now_ms: int) -> None:
+        c = self._counters
+        c["push_pulls_served"] += 1
+        if msg.join:
+            c["joins_served"] += 1
+        self._merge(msg.states, sender, now_ms)
+        self._send(msg.from_address, sender, PushPullReply(self._full_state()))
+
+    def _on_push_pull_reply(self, sender: str, msg: PushPullReply, now_ms: int) -> None:
+        self._merge(msg.states, sender, now_ms)
+
+    # ------------------------------------------------------------------ state machine
+
+    def _apply_all(self, updates: tuple[Update, ...], sender: str, now_ms: int) -> None:
+        for update in updates:
+            self._apply(update, sender, now_ms)
+
+    def _merge(self, states: tuple[Update, ...], sender: str, now_ms: int) -> None:
+        """Merge a remote full state. A remote "dead" becomes a suspicion here (memberlist mergeState)."""
+        for u in states:
+            if u.kind == KIND_DEAD and u.node_id != self.node_id:
+                if u.node_id not in self._members:
+                    # Remember it (no event) so it is reconnect-probed: how healed partitions find each other.
+                    self._add_gone(u, DEAD, now_ms)
+                    continue
+                u = Update(KIND_SUSPECT, u.node_id, u.incarnation, u.address, sender, None)
+            elif u.kind == KIND_LEFT and u.node_id not in self._members:
+                self._add_gone(u, LEFT, now_ms)
+                continue
+            self._apply(u, sender, now_ms)
+
+    def _apply(self, u: Update, sender: str, now_ms: int) -> None:
+        """Apply one update through the transition table; re-gossip what was news."""
+        node_id = u.node_id
+        if node_id == self.node_id:
+            self._about_me(u, sender, now_ms)
+            return
+        rec = self._members.get(node_id)
+        kind = u.kind
+        if rec is None:
+            if kind == KIND_ALIVE:
+                self._add_alive(u, now_ms)
+            else:
+                self._counters["updates_unknown_member"] += 1
+            return
+        if kind == KIND_SUSPECT and rec.state == SUSPECT and u.incarnation == rec.incarnation:
+            suspicion = rec.suspicion
+            if suspicion is not None and suspicion.confirm(u.origin or sender):
+                self._counters["confirmations"] += 1
+                self._push_timer(suspicion.deadline_ms, _TIMER_SUSPICION, node_id)
+                self._enqueue(u)
+            return
+        result = transition(rec.state, kind, rec.incarnation, u.incarnation)
+        if result is None:
+            return
+        new_state, event_type = result
+        self._counters["updates_applied"] += 1
+        old_state = rec.state
+        rec.incarnation = u.incarnation
+        if kind == KIND_ALIVE:
+            changed = u.address != rec.address or (u.metadata is not None and u.metadata != rec.metadata)
+            if u.address and u.address != rec.address:
+                self._set_address(rec, u.address)
+            if u.metadata is not None:
+                rec.metadata = u.metadata
+            if old_state == ALIVE:
+                if changed:
+                    self._emit(ev.MemberUpdated(node_id, rec.address, rec.incarnation, dict(rec.metadata)))
+                self._enqueue(u)
+                return
+        self._set_state(rec, new_state, u.origin or sender, now_ms)
+        if event_type is ev.MemberAlive:
+            self._emit(ev.MemberAlive(node_id, rec.address, rec.incarnation, old_state))
+        elif event_type is ev.MemberSuspected:
+            self._emit(ev.MemberSuspected(node_id, rec.incarnation, u.origin or sender))
+        elif event_type is ev.MemberFailed:
+            self._counters["members_failed"] += 1
+            self._emit(ev.MemberFailed(node_id, rec.incarnation))
+        elif event_type is ev.MemberLeft:
+            self._emit(ev.MemberLeft(node_id, rec.incarnation))
+        self._enqueue(u)
+
+    def _about_me(self, u: Update, sender: str, now_ms: int) -> None:
+        """Someone talks about us: refute any suspicion, death or stale alive (SWIM §4.2)."""
+        if self._leaving:
+            return
+        me = self._me
+        if u.kind == KIND_ALIVE:
+            if u.incarnation < me.incarnation or (u.incarnation == me.incarnation and u.address == self.address):
+                return
+        elif u.incarnation < me.incarnation:
+            return
+        me.incarnation = u.incarnation + 1
+        self._counters["refutations"] += 1
+        self._awareness.apply(1)  # Lifeguard: being accused hints that we are the slow one
+        self._emit(ev.IncarnationChanged(me.incarnation, "refute"))
+        alive = self._self_alive()
+        self._enqueue(alive)
+        accuser = self._members.get(u.origin) if u.origin else None
+        if accuser is None or accuser.node_id == self.node_id:
+            accuser = self._members.get(sender)
+        if accuser is not None and accuser.state in _LIVE:
+            self._send(accuser.address, accuser.node_id, Gossip((alive,)))
+
+    def _set_state(self, rec: MemberRecord, new_state: str, accuser: str, now_ms: int) -> None:
+        old_state = rec.state
+        rec.state = new_state
+        rec.state_since_ms = now_ms
+        was_live = old_state == ALIVE or old_state == SUSPECT
+        is_live = new_state == ALIVE or new_state == SUSPECT
+        if was_live and not is_live:
+            self._live_remove(rec.node_id)
+            self._gone_order.append(rec.node_id)
+        elif is_live and not was_live:
+            self._live_add(rec.node_id)
+        if new_state == SUSPECT:
+            self._counters["suspicions"] += 1
+            s = Suspicion(rec.incarnation, accuser, self._k, self._susp_min_ms, self._susp_max_ms, now_ms)
+            rec.suspicion = s
+            self._push_timer(s.deadline_ms, _TIMER_SUSPICION, rec.node_id)
+        else:
+            rec.suspicion = None
+
+    def _add_alive(self, u: Update, now_ms: int) -> None:
+        rec = MemberRecord(u.node_id, u.address, ALIVE, u.incarnation, u.metadata, now_ms)
+        self._members[u.node_id] = rec
+        if u.address:
+            self._by_address[u.address] = u.node_id
+        self._live_add(u.node_id)
+        self._counters["updates_applied"] += 1
+        self._emit(ev.MemberJoined(u.node_id, u.address, u.incarnation, dict(rec.metadata)))
+        self._enqueue(u)
+
+    def _add_gone(self, u: Update, state: str, now_ms: int) -> None:
+        rec = MemberRecord(u.node_id, u.address, state, u.incarnation, None, now_ms)
+        self._members[u.node_id] = rec
+        if u.address and u.address not in self._by_address:
+            self._by_address[u.address] = u.node_id
+        self._gone_order.append(u.node_id)
+
+    def _set_address(self, rec: MemberRecord, address: str) -> None:
+        if self._by_address.get(rec.address) == rec.node_id:
+            del self._by_address[rec.address]
+        rec.address = address
+        self._by_address[address] = rec.node_id
+
+    def _suspicion_timeout(self, node_id: str, deadline: int, now_ms: int) -> None:
+        rec = self._members.get(node_id)
+        if rec is None or rec.suspicion is None or rec.suspicion.deadline_ms != deadline:
+            return
+        if transition(rec.state, TIMEOUT, rec.incarnation, rec.incarnation) is None:
+            return
+        if rec.suspicion.confirmations < rec.suspicion.k:
+            self._counters["degraded_timeouts"] += 1  # memberlist.degraded.timeout
+        self._set_state(rec, DEAD, self.node_id, now_ms)
+        self._counters["members_failed"] += 1
+        self._emit(ev.MemberFailed(node_id, rec.incarnation))
+        self._enqueue(Update(KIND_DEAD, node_id, rec.incarnation, rec.address, self.node_id, None))
+
+    # ------------------------------------------------------------------ probing
+
+    def _probe_tick(self, now_ms: int) -> None:
+        p = self.profile
+        scale = self._awareness.score + 1
+        self._next_probe_ms = now_ms + p.probe_interval_ms * scale
+        target = self._order.next(self._live, self._members)
+        if target is None:
+            return
+        rec = self._members[target]
+        seq = self._next_seq()
+        self._probe = _Probe(target, rec.address, seq, now_ms + p.probe_timeout_ms * scale, now_ms + p.probe_interval_ms * scale)
+        self._send(rec.address, target, Ping(seq, self.address, self._piggyback(target)))
+        self._counters["pings_sent"] += 1
+
+    def _start_indirect(self, probe: _Probe, now_ms: int) -> None:
+        probe.indirect = True
+        helpers = self._sample_live(self.profile.indirect_checks, probe.target)
+        probe.nacks_expected = len(helpers)
+        request = PingReq(probe.seq, probe.target, probe.address, self.address)
+        for node_id in helpers:
+            self._send(self._members[node_id].address, node_id, request)
+        self._counters["ping_reqs_sent"] += len(helpers)
+        # A second direct ping with the indirect ones (memberlist sends a TCP fallback ping here).
+        self._send(probe.address, probe.target, Ping(probe.seq, self.address, self._piggyback(probe.target)))
+        self._counters["pings_sent"] += 1
+
+    def _probe_failed(self, probe: _Probe, now_ms: int) -> None:
+        self._probe = None
+        self._counters["probes_failed"] += 1
+        # Lifeguard: a helper that did not even nack is evidence that *we* are the unhealthy one.
+        if probe.nacks_expected:
+            missed = probe.nacks_expected - probe.nacks
+            if missed > 0:
+                self._awareness.apply(missed)
+        else:
+            self._awareness.apply(1)
+        rec = self._members.get(probe.target)
+        if rec is None or rec.state not in _LIVE:
+            return
+        update = Update(KIND_SUSPECT, rec.node_id, rec.incarnation, rec.address, self.node_id, None)
+        self._apply(update, self.node_id, now_ms)
+        # Tell the suspect at once so it can refute before the news even spreads (Lifeguard buddy system).
+        self._send(rec.address, rec.node_id, Gossip((update,)))
+
+    def _relay_timeout(self, seq: int, deadline: int) -> None:
+        relay = self._relays.get(seq)
+        if relay is None or relay.deadline_ms != deadline:
+            return
+        del self._relays[seq]
+        self._send(relay.origin_address, relay.origin, Nack(relay.origin_seq))
+        self._counters["nacks_sent"] += 1
+
+    def _tell_accused(self, rec: MemberRecord, now_ms: int) -> None:
+        """A member we hold suspect or dead talks to us: tell it, so it refutes (rate-limited per member)."""
+        last = self._notified_ms.get(rec.node_id)
+        if last is not None and now_ms - last < self.profile.probe_interval_ms:
+            return
+        self._notified_ms[rec.node_id] = now_ms
+        if rec.state == DEAD:
+            update = Update(KIND_DEAD, rec.node_id, rec.incarnation, rec.address, self.node_id, None)
+        else:
+            accuser = next(iter(rec.suspicion.accusers)) if rec.suspicion is not None else self.node_id
+            update = Update(KIND_SUSPECT, rec.node_id, rec.incarnation, rec.address, accuser, None)
+        self._send(rec.address, rec.node_id, Gossip((update,)))
+
+    # ------------------------------------------------------------------ gossip, anti-entropy, seeds
+
+    def _gossip_tick(self, now_ms: int) -> None:
+        self._next_gossip_ms = now_ms + self.profile.gossip_interval_ms
+        limit = self.profile.max_piggyback_updates
+        for node_id in self._sample_live(self.profile.gossip_nodes, None):
+            updates = self._queue.take(limit)
+            if not updates:
+                break
+            self._send(self._members[node_id].address, node_id, Gossip(updates))
+            self._counters["gossip_sent"] += 1
+
+    def _push_pull_tick(self, now_ms: int) -> None:
+        self._next_push_pull_ms = now_ms + self._push_pull_period()
+        peers = self._sample_live(1, None)
+        if peers:
+            self._send_push_pull(self._members[peers[0]].address, peers[0], join=False)
+
+    def _reconnect_tick(self, now_ms: int) -> None:
+        """Ping one dead member (and reap long-gone ones): the partition-healing half memberlist lacks."""
+        p = self.profile
+        self._next_reconnect_ms = now_ms + p.reconnect_interval_ms
+        order = self._gone_order
+        for _ in range(len(order)):
+            if self._gone_next >= len(order):
+                # Start a new pass over members still gone, deduplicated, in a fresh random order.
+                order = [k for k in dict.fromkeys(order) if k in self._members and self._members[k].state not in _LIVE]
+                self._rng.shuffle(order)
+                self._gone_order = order
+                self._gone_next = 0
+                if not order:
+                    return
+            node_id = order[self._gone_next]
+            self._gone_next += 1
+            rec = self._members.get(node_id)
+            if rec is None or rec.state in _LIVE:
+                continue
+            age = now_ms - rec.state_since_ms
+            if age >= (p.dead_reap_ms if rec.state == DEAD else p.left_reap_ms):
+                self._reap(rec)
+                continue
+            if rec.state == DEAD:
+                seq = self._next_seq()
+                self._remember_ping(seq, ("reconnect", node_id))
+                self._send(rec.address, node_id, Ping(seq, self.address, ()))
+                self._counters["reconnect_pings"] += 1
+                return
+
+    def _seed_tick(self, now_ms: int) -> None:
+        if not self._seeds:
+            self._next_seed_ms = None
+            return
+        p = self.profile
+        alone = not self._live
+        if alone:
+            targets = list(self._seeds)
+            self._next_seed_ms = now_ms + self._join_backoff_ms
+            self._join_backoff_ms = min(self._join_backoff_ms * 2, p.seed_interval_ms)
+        else:
+            self._join_backoff_ms = p.probe_interval_ms
+            self._next_seed_ms = now_ms + p.seed_interval_ms
+            targets = [a for a in self._seeds if not self._address_live(a)]
+        if len(targets) > MAX_SEED_CONTACTS_PER_TICK:
+            start = self._seed_cursor % len(targets)
+            targets = (targets[start:] + targets[:start])[:MAX_SEED_CONTACTS_PER_TICK]
+            self._seed_cursor += MAX_SEED_CONTACTS_PER_TICK
+        for address in targets:
+            self._contact_seed(address, now_ms)
+        if not alone and now_ms >= self._next_recontact_ms:
+            # Slow anti-entropy with a seed even when everything looks fine (re-merges split clusters).
+            self._next_recontact_ms = now_ms + p.seed_recontact_interval_ms
+            seeds = list(self._seeds)
+            self._send_push_pull(seeds[self._rng.randrange(len(seeds))], None, join=False)
+
+    def _contact_seed(self, address: str, now_ms: int) -> None:
+        if not self._live:
+            self._send_push_pull(address, None, join=True)
+            return
+        seq = self._next_seq()
+        self._remember_ping(seq, ("seed", address))
+        self._send(address, None, Ping(seq, self.address, ()))
+        self._counters["seed_pings"] += 1
+
+    def _send_push_pull(self, address: str, peer_id: str | None, *, join: bool) -> None:
+        self._send(address, peer_id, PushPull(join, self.address, self._full_state()))
+        self._counters["joins_sent" if join else "push_pulls_sent"] += 1
+
+    def _full_state(self) -> tuple[Update, ...]:
+        states = []
+        for rec in self._members.values():
+            states.append(Update(KIND_OF_STATE[rec.state], rec.node_id, rec.incarnation, rec.address, "",
+                                 rec.metadata if rec.state == ALIVE else None))
+            if len(states) >= MAX_STATES_PER_PUSH_PULL:
+                break
+        return tuple(states)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _self_alive(self) -> Update:
+        return Update(KIND_ALIVE, self.node_id, self._me.incarnation, self.address, "", self._metadata)
+
+    def _piggyback(self, target: str) -> tuple[Update, ...]:
+        updates = self._queue.take(self.profile.max_piggyback_updates)
+        rec = self._members.get(target)
+        if rec is not None and rec.state == SUSPECT and rec.suspicion is not None:
+            # Lifeguard buddy system: a probe of a suspect always carries its suspicion.
+            accuser = next(iter(rec.suspicion.accusers))
+            updates = updates + (Update(KIND_SUSPECT, target, rec.incarnation, rec.address, accuser, None),)
+        return updates
+
+    def _enqueue(self, update: Update) -> None:
+        queue = self._queue
+        before = queue.dropped
+        queue.enqueue(update)
+        if queue.dropped != before:
+            self._counters["updates_dropped"] += 1
+
+    def _send(self, address: str, peer_id: str | None, message: Message) -> None:
+        if len(self._outbox) >= MAX_OUTBOX:
+            self._counters["dropped_outbox_full"] += 1
+            return
+        self._outbox.append(Outgoing(address, peer_id, encode(message, self.cluster)))
+        self._counters["frames_sent"] += 1
+
+    def _emit(self, event: ev.NodeEvent) -> None:
+        if len(self._events) >= MAX_EVENTS:
+            self._events.popleft()
+            self._counters["events_dropped"] += 1
+        self._events.append(event)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _remember_ping(self, seq: int, purpose: tuple[str, str]) -> None:
+        pings = self._pings
+        if len(pings) >= MAX_PENDING_PINGS:
+            del pings[next(iter(pings))]
+        pings[seq] = purpose
+
+    def _push_timer(self, deadline: int, kind: int, key: Any) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, kind, key))
+
+    def _timer_stale(self, entry: tuple[int, int, int, Any]) -> bool:
+        deadline, _, kind, key = entry
+        if kind == _TIMER_SUSPICION:
+            rec = self._members.get(key)
+            return rec is None or rec.suspicion is None or rec.suspicion.deadline_ms != deadline
+        relay = self._relays.get(key)
+        return relay is None or relay.deadline_ms != deadline
+
+    def _sample_live(self, count: int, exclude: str | None) -> list[str]:
+        """Up to `count` distinct random live members other than `exclude`; O(count) expected."""
+        live = self._live
+        n = len(live) - (1 if exclude is not None and exclude in self._live_pos else 0)
+        if n <= 0 or count <= 0:
+            return []
+        if n <= count:
+            return [k for k in live if k != exclude]
+        picked: dict[str, None] = {}
+        rng = self._rng
+        while len(picked) < count:
+            node_id = live[rng.randrange(len(live))]
+            if node_id != exclude:
+                picked[node_id] = None
+        return list(picked)
+
+    def _live_add(self, node_id: str) -> None:
+        if node_id in self._live_pos:
+            return
+        self._live_pos[node_id] = len(self._live)
+        self._live.append(node_id)
+        self._order.add(node_id)
+        self._resize()
+
+    def _live_remove(self, node_id: str) -> None:
+        pos = self._live_pos.pop(node_id, None)
+        if pos is None:
+            return
+        last = self._live.pop()
+        if last != node_id:
+            self._live[pos] = last
+            self._live_pos[last] = pos
+        self._resize()
+
+    def _address_live(self, address: str) -> bool:
+        node_id = self._by_address.get(address)
+        return node_id is not None and self._members[node_id].state in _LIVE
+
+    def _reap(self, rec: MemberRecord) -> None:
+        del self._members[rec.node_id]
+        self._notified_ms.pop(rec.node_id, None)
+        if self._by_address.get(rec.address) == rec.node_id:
+            del self._by_address[rec.address]
+        self._counters["members_reaped"] += 1
+
+    def _push_pull_period(self) -> int:
+        return push_pull_interval_ms(self.profile.push_pull_interval_ms, len(self._live) + 1)
+
+    def _resize(self) -> None:
+        """Recompute the size-dependent limits (suspicion timeouts, retransmit limit) for N members."""
+        p = self.profile
+        n = len(self._live) + 1
+        self._susp_min_ms, self._susp_max_ms = suspicion_timeouts_ms(
+            p.suspicion_mult, p.suspicion_max_timeout_mult, p.probe_interval_ms, n
+        )
+        # memberlist state.go suspectNode: no confirmations are expected when too few nodes could send them.
+        self._k = p.suspicion_confirmations if n - 2 >= p.suspicion_confirmations else 0
+        self._queue.set_limit(retransmit_limit(p.retransmit_mult, n))
