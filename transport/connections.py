@@ -106,7 +106,7 @@ _CLOSED = 2
 class _Peer:
     """Per-peer state: the send queue survives connection changes."""
 
-    __slots__ = ("address", "backoff_ms", "conn", "dialing", "node_id", "queue", "queued_bytes", "retry_at")
+    __slots__ = ("address", "backoff_ms", "conn", "dialing", "failed_address", "node_id", "queue", "queued_bytes", "retry_at")
 
     def __init__(self, node_id: str | None, address: Address | None) -> None:
         self.node_id = node_id
@@ -117,6 +117,8 @@ class _Peer:
         self.dialing = False
         self.backoff_ms = 0
         self.retry_at = 0.0
+        self.failed_address: Address | None = None
+        """Backoff applies to the address that failed; a new address for the peer is tried at once."""
 
 
 class Connection:
@@ -162,6 +164,7 @@ class Connection:
         try:
             frames = self._decoder.feed(data)
         except FrameError as exc:
+            self._deliver(exc.frames)
             manager._protocol_error(self, str(exc))
             return
         if self._decoder.pending_bytes:
@@ -170,8 +173,11 @@ class Connection:
         else:
             self.stall_since = None
         manager._bytes_received += len(data)
-        if not frames:
-            return
+        if frames:
+            self._deliver(frames)
+
+    def _deliver(self, frames: list[Any]) -> None:
+        manager = self._manager
         handler = manager._handler
         peer_id = self.peer_id
         delivered = 0
@@ -367,7 +373,7 @@ class ConnectionManager:
 
     def attach(self, stream: Stream, peer_id: str, outbound: bool, peer: _Peer | None = None) -> Connection | None:
         """Register an authenticated stream; returns its `Connection`, or None if refused (stream aborted)."""
-        if self._closing or peer_id == self.node_id:
+        if (self._closing and not outbound) or peer_id == self.node_id:
             if peer_id == self.node_id:
                 logger.warning("refused a connection to ourselves (node %s)", peer_id)
             stream.abort()
@@ -439,7 +445,7 @@ class ConnectionManager:
                 conn.flush_now()
                 conn.retire()
         deadline = self._loop.time() + self.config.close_grace_ms / 1000
-        while self._open and self._loop.time() < deadline:
+        while (self._open or any(p.dialing for p in [*self._peers.values(), *self._anonymous.values()])) and self._loop.time() < deadline:
             await asyncio.sleep(0.005)
         for conn in list(self._open.values()):
             conn.abort()
@@ -463,7 +469,7 @@ class ConnectionManager:
             logger.debug("no address for %s; dropping %d queued frames", peer.node_id, len(peer.queue))
             self._drop_queue(peer)
             return
-        if self._loop.time() < peer.retry_at:
+        if peer.address == peer.failed_address and self._loop.time() < peer.retry_at:
             self._drop_queue(peer)
             return
         peer.dialing = True
@@ -483,9 +489,6 @@ class ConnectionManager:
             except (OSError, asyncio.TimeoutError, EOFError) as exc:
                 self._dial_failed(peer, f"{type(exc).__name__}: {exc}")
                 return
-            if self._closing:
-                stream.abort()
-                return
             if peer.node_id is None:
                 peer = self._adopt(peer, remote_id)
             conn = self.attach(stream, remote_id, outbound=True, peer=peer)
@@ -493,6 +496,9 @@ class ConnectionManager:
                 self._dial_failed(peer, "connection refused locally")
                 return
             bind(conn)
+            if self._closing:  # close() is waiting for this dial: deliver what was queued
+                conn.flush_now()
+                conn.retire()
         finally:
             peer.dialing = False
 
@@ -527,6 +533,7 @@ class ConnectionManager:
         # "equal jitter": half fixed, half random, so retries from many nodes spread out
         delay_ms = peer.backoff_ms / 2 + self._rng.random() * peer.backoff_ms / 2
         peer.retry_at = self._loop.time() + delay_ms / 1000
+        peer.failed_address = peer.address
         logger.info("dial to %s failed (%s); dropping %d frames, next attempt in >= %d ms",
                     peer.node_id or peer.address, reason, len(peer.queue), delay_ms)
         self._drop_queue(peer)

@@ -50,7 +50,17 @@ _LENGTH_MASK = 0x7FFF_FFFF
 
 
 class FrameError(ProtocolError):
-    """Bytes from a peer are not a valid frame stream; the connection must be closed."""
+    """Bytes from a peer are not a valid frame stream; the connection must be closed.
+
+    `frames` holds the frames decoded from the same `feed` call before the bad one, so a receiver
+    can still deliver them.
+    """
+
+    frames: list[Any]
+
+    def __init__(self, message: str, frames: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.frames = frames if frames is not None else []
 
 
 class FrameTooLarge(FrameError):
@@ -173,6 +183,9 @@ class FrameDecoder:
                 pos = stop
             else:
                 self._need = PREFIX_BYTES
+        except FrameError as exc:
+            exc.frames = frames
+            raise
         finally:
             view.release()
         if pos < end:

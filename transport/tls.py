@@ -3,9 +3,9 @@
 Mutual authentication with the stdlib `ssl` module: both sides require a certificate chained to
 the cluster CA (OpenSSL checks chain and validity), hostname checks are off, and instead the node
 id is checked: the certificate's CN must be the digest of its key, and must equal the id the peer
-was dialled under. The server side accepts plain TCP and then runs `loop.start_tls`, so every
-refused handshake reaches our code and is logged and counted (asyncio's `create_server(ssl=...)`
-swallows them). Works on the default loop and on uvloop.
+was dialled under. The server side accepts TCP itself and runs the handshake with
+`loop.connect_accepted_socket(ssl=...)`, so every refused handshake reaches our code and is logged
+and counted (`create_server(ssl=...)` swallows them). Works on the default loop and on uvloop.
 
 Queues, coalescing, duplicate connections, backoff and timeouts live in connections.py.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,9 @@ from agentnode.transport.identity import NodeIdentity, node_id_from_certificate
 __all__ = ["TlsTransport", "client_context", "server_context"]
 
 logger = logging.getLogger("agentnode.transport")
+
+LISTEN_BACKLOG = 512
+"""Pending TCP connections the kernel holds for us (a burst of peers rejoining after a partition)."""
 
 ALPN = "agentnode/1"
 """Application protocol (RFC 7301) so a node never mistakes another TLS service for a peer."""
@@ -69,11 +73,11 @@ def peer_node_id(transport: asyncio.BaseTransport) -> str:
 
 
 class _StreamProtocol(asyncio.Protocol):
-    """Forwards one TCP/TLS stream's callbacks to its `Connection`; buffers what arrives before it is bound."""
+    """Forwards one TLS stream's callbacks to its `Connection`; buffers what arrives before it is bound."""
 
-    __slots__ = ("_early", "_early_bytes", "_limit", "_lost", "_on_made", "_paused", "conn", "transport")
+    __slots__ = ("_early", "_early_bytes", "_limit", "_lost", "_paused", "conn", "transport")
 
-    def __init__(self, early_limit: int, on_made: Callable[[_StreamProtocol], None] | None = None) -> None:
+    def __init__(self, early_limit: int) -> None:
         self.conn: Connection | None = None
         self.transport: Any = None
         self._early: list[bytes] = []
@@ -81,14 +85,9 @@ class _StreamProtocol(asyncio.Protocol):
         self._limit = early_limit
         self._paused = False
         self._lost: tuple[BaseException | None] | None = None
-        self._on_made = on_made
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        if self._on_made is not None:
-            transport.pause_reading()  # type: ignore[attr-defined]  # no bytes before start_tls
-            on_made, self._on_made = self._on_made, None
-            on_made(self)
 
     def bind(self, conn: Connection) -> None:
         self.conn = conn
@@ -146,7 +145,8 @@ class TlsTransport:
         self._listen = listen
         self.config = config or TransportConfig()
         self._manager = ConnectionManager(identity.node_id, self.config, rng or random.Random(), self._dial)
-        self._server: asyncio.AbstractServer | None = None
+        self._socket: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
         self._bound: Address | None = None
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: ssl.SSLContext | None = None
@@ -158,9 +158,8 @@ class TlsTransport:
 
     @property
     def listen_address(self) -> Address:
-        if self._bound is None:
-            raise RuntimeError("listen_address is known after `await start()`")
-        return self._bound
+        """The bound address after `start()`; before it, the configured one (its port may be 0)."""
+        return self._bound if self._bound is not None else self._listen
 
     def set_handler(self, handler: FrameHandler) -> None:
         self._manager.set_handler(handler)
@@ -169,17 +168,16 @@ class TlsTransport:
         loop = asyncio.get_running_loop()
         self._server_ctx = server_context(self._identity)
         self._client_ctx = client_context(self._identity)
-        self._manager.start(loop)
-        limit = self.config.max_frame_bytes * 2
         try:
-            self._server = await loop.create_server(
-                lambda: _StreamProtocol(limit, self._accepted), self._listen.host, self._listen.port,
-                reuse_address=True,
-            )
+            family = socket.AF_INET6 if ":" in self._listen.host else socket.AF_INET
+            sock = socket.create_server((self._listen.host, self._listen.port), family=family, backlog=LISTEN_BACKLOG)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {self._listen}: {exc.strerror}; is another node using that port?") from None
-        sockname = self._server.sockets[0].getsockname()
-        self._bound = Address(self._listen.host, sockname[1])
+        sock.setblocking(False)
+        self._socket = sock
+        self._bound = Address(self._listen.host, sock.getsockname()[1])
+        self._manager.start(loop)
+        self._acceptor = loop.create_task(self._accept_loop(sock))
 
     def send(self, address: Address, frame: Any, peer_id: str | None = None) -> None:
         self._manager.send_encoded(address, encode_frame(frame, max_frame_bytes=self.config.max_frame_bytes), peer_id)
@@ -188,45 +186,52 @@ class TlsTransport:
         return self._manager.stats()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            await asyncio.gather(self._acceptor, return_exceptions=True)
+            self._acceptor = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         await self._manager.close()
-        if self._server is not None:
-            try:
-                await asyncio.wait_for(self._server.wait_closed(), self.config.close_grace_ms / 1000)
-            except asyncio.TimeoutError:
-                pass
-            self._server = None
 
     # -- inbound ----------------------------------------------------------------------------
 
-    def _accepted(self, proto: _StreamProtocol) -> None:
-        if self._handshakes >= self.config.handshakes_max or self._manager._closing:
-            self._manager.count_refused("too many handshakes in progress (handshakes_max)", "inbound")
-            proto.transport.abort()
-            return
-        self._handshakes += 1
-        self._manager.spawn(self._handshake(proto))
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        """Accept TCP connections and hand each to its own handshake task.
 
-    async def _handshake(self, proto: _StreamProtocol) -> None:
-        raw = proto.transport
-        peer = raw.get_extra_info("peername")
-        who = f"from {peer[0]}:{peer[1]}" if peer else "inbound"
+        Accepting ourselves and calling `connect_accepted_socket(ssl=...)` makes every handshake
+        failure an exception we can log and count, on both the default loop and uvloop
+        (`create_server(ssl=...)` swallows them, and uvloop reads before `start_tls` can wrap).
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                client, peer = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE and friends: report, breathe, go on
+                logger.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if self._handshakes >= self.config.handshakes_max:
+                self._manager.count_refused("too many handshakes in progress (handshakes_max)", f"from {peer[0]}:{peer[1]}")
+                client.close()
+                continue
+            self._handshakes += 1
+            self._manager.spawn(self._handshake(client, f"from {peer[0]}:{peer[1]}"))
+
+    async def _handshake(self, client: socket.socket, who: str) -> None:
         try:
             loop = asyncio.get_running_loop()
+            proto = _StreamProtocol(self.config.max_frame_bytes * 2)
             try:
-                tls = await loop.start_tls(
-                    raw, proto, self._server_ctx, server_side=True,  # type: ignore[arg-type]
+                tls, _ = await loop.connect_accepted_socket(
+                    lambda: proto, client, ssl=self._server_ctx,
                     ssl_handshake_timeout=self.config.dial_timeout_ms / 1000,
                 )
             except (OSError, ConnectionError, asyncio.TimeoutError, EOFError) as exc:
                 self._manager.count_refused(_reason(exc), who)
-                raw.abort()
+                client.close()
                 return
-            if tls is None:
-                raw.abort()
-                return
-            proto.transport = tls
             try:
                 node_id = peer_node_id(tls)
             except (PeerRefused, ValueError) as exc:
@@ -245,11 +250,14 @@ class TlsTransport:
     async def _dial(self, address: Address, expected_id: str | None) -> tuple[Any, str, Callable[[Connection], None]]:
         loop = asyncio.get_running_loop()
         proto = _StreamProtocol(self.config.max_frame_bytes * 2)
-        tls, _ = await loop.create_connection(
-            lambda: proto, address.host, address.port, ssl=self._client_ctx,
-            server_hostname=expected_id or address.host,
-            ssl_handshake_timeout=self.config.dial_timeout_ms / 1000,
-        )
+        try:
+            tls, _ = await loop.create_connection(
+                lambda: proto, address.host, address.port, ssl=self._client_ctx,
+                server_hostname=expected_id or address.host,
+                ssl_handshake_timeout=self.config.dial_timeout_ms / 1000,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise PeerRefused(f"peer at {address}: {_reason(exc)}") from None
         try:
             node_id = peer_node_id(tls)
             if expected_id is not None and node_id != expected_id:
@@ -262,8 +270,11 @@ class TlsTransport:
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS handshake failed: peer certificate rejected: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
+        reason = exc.reason.replace("_", " ").lower() if exc.reason else str(exc)
+        return f"TLS handshake failed: {reason}"
     if isinstance(exc, asyncio.TimeoutError):
         return "TLS handshake timed out"
     return f"{type(exc).__name__}: {exc}"
