@@ -30,6 +30,7 @@ from cryptography import x509
 from agentnode.transport.base import Address, PeerRefused
 from agentnode.transport.identity import CLOCK_SKEW_ALLOWANCE, NodeIdentity, node_id_from_certificate
 from agentnode.transport.mdns import MdnsDiscovery, MdnsError, MdnsStats
+from agentnode.transport.tls import ALPN, client_context
 
 __all__ = [
     "CERT_EXPIRY_WARNING_DAYS",
@@ -101,7 +102,7 @@ async def probe_bootstrap(
         return Diagnosis("bootstrap", target, kind == "ok", kind, problem, fix, detail, peer_id)
 
     own = check_certificate(identity)
-    context = _client_context(identity)
+    context = client_context(identity)  # exactly what the node's TLS transport dials with
     started = time.monotonic()
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(address.host, address.port), timeout_s)
@@ -154,6 +155,12 @@ async def probe_bootstrap(
             )
         if peer_id is None:
             return result("bad_peer_certificate", f"{target} presented no certificate", "is that an agentnode node?")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        if alpn is not None and alpn != ALPN:
+            return result(
+                "not_agentnode", f"{target} speaks TLS with a certificate from our CA but protocol {alpn!r}, not {ALPN!r}",
+                "check the port: another service of this CA listens there", peer_id=peer_id,
+            )
         if expected_node_id is not None and peer_id != expected_node_id:
             return result(
                 "wrong_peer",
@@ -168,8 +175,10 @@ async def probe_bootstrap(
             data = await asyncio.wait_for(reader.read(1), wait_s)
         except asyncio.TimeoutError:
             data = None
-        except (ssl.SSLError, ConnectionError) as exc:
+        except ssl.SSLError as exc:
             return result(*_judge_tls_failure(exc, target, own), peer_id=peer_id)
+        except ConnectionError:
+            data = b""  # reset instead of close: the same refusal
         if data == b"":
             return result(*_judge_silent_refusal(identity, target, peer_id, own), peer_id=peer_id)
         version = ssl_object.version() if ssl_object is not None else "TLS"
@@ -210,16 +219,6 @@ def _issued_by_own_ca(identity: NodeIdentity) -> bool:
     except Exception:  # noqa: BLE001 - any failure means "not provably ours"
         return False
     return True
-
-
-def _client_context(identity: NodeIdentity) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.check_hostname = False  # peers are identified by the node id in the certificate, not a host name
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cafile=str(identity.ca_path))
-    context.load_cert_chain(str(identity.cert_path), str(identity.key_path))
-    return context
 
 
 _VERIFY_EXPIRED = 10  # X509_V_ERR_CERT_HAS_EXPIRED (OpenSSL x509_vfy.h)

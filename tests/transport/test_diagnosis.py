@@ -22,6 +22,7 @@ from agentnode.transport.diagnosis import (
     probe_listen,
 )
 from agentnode.transport.identity import NodeIdentity, create_ca, issue_node_certificate
+from agentnode.transport.tls import TlsTransport
 
 TIMEOUT_S = 10.0
 
@@ -80,6 +81,17 @@ async def _drain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 @pytest.fixture
 async def tls_server(pki: Pki) -> AsyncIterator[Address]:
+    """A real node transport (transport/tls.py) of the cluster, listening on an OS-assigned port."""
+    transport = TlsTransport(pki.server, Address("127.0.0.1", 0))
+    transport.set_handler(lambda sender, frame: None)
+    await transport.start()
+    yield transport.listen_address
+    await transport.close()
+
+
+@pytest.fixture
+async def plain_ssl_server(pki: Pki) -> AsyncIterator[Address]:
+    """A bare OpenSSL server (asyncio `ssl=`), to check the probe does not depend on our transport's behaviour."""
     server = await asyncio.start_server(_drain, "127.0.0.1", 0, ssl=server_context(pki.server), ssl_handshake_timeout=TIMEOUT_S)
     yield Address("127.0.0.1", server.sockets[0].getsockname()[1])
     server.close()
@@ -107,6 +119,12 @@ async def test_healthy_peer_reports_its_node_id(pki: Pki, tls_server: Address) -
     assert d.problem == "" and d.fix == ""
 
 
+@pytest.mark.parametrize("identity", ["cluster", "forged", "expired"])
+async def test_plain_openssl_server_gives_the_same_answers(pki: Pki, plain_ssl_server: Address, identity: str) -> None:
+    d = await probe_bootstrap(plain_ssl_server, getattr(pki, identity))
+    assert d.kind == {"cluster": "ok", "forged": "rejected_by_peer", "expired": "own_cert_expired"}[identity], d
+
+
 async def test_expected_node_id_mismatch_is_reported(pki: Pki, tls_server: Address) -> None:
     d = await probe_bootstrap(tls_server, pki.cluster, expected_node_id=pki.cluster.node_id)
     assert d.kind == "wrong_peer" and d.peer_id == pki.server.node_id
@@ -120,13 +138,18 @@ async def test_refused_port(pki: Pki) -> None:
     assert "node running" in d.fix
 
 
-async def test_peer_certificate_from_another_ca(pki: Pki) -> None:
-    server = await asyncio.start_server(_drain, "127.0.0.1", 0, ssl=server_context(pki.stranger))
+async def probe_transport_of(identity: NodeIdentity, prober: NodeIdentity) -> Diagnosis:
+    transport = TlsTransport(identity, Address("127.0.0.1", 0))
+    transport.set_handler(lambda sender, frame: None)
+    await transport.start()
     try:
-        d = await probe_bootstrap(Address("127.0.0.1", server.sockets[0].getsockname()[1]), pki.cluster)
+        return await probe_bootstrap(transport.listen_address, prober)
     finally:
-        server.close()
-        await server.wait_closed()
+        await transport.close()
+
+
+async def test_peer_certificate_from_another_ca(pki: Pki) -> None:
+    d = await probe_transport_of(pki.stranger, pki.cluster)
     assert d.kind == "peer_other_ca", d
     assert_explained(d)
     assert "another CA" in d.problem and "cluster's CA" in d.fix
@@ -149,12 +172,7 @@ async def test_our_expired_certificate(pki: Pki, tls_server: Address) -> None:
 
 
 async def test_peer_with_expired_certificate(pki: Pki) -> None:
-    server = await asyncio.start_server(_drain, "127.0.0.1", 0, ssl=server_context(pki.expired))
-    try:
-        d = await probe_bootstrap(Address("127.0.0.1", server.sockets[0].getsockname()[1]), pki.cluster)
-    finally:
-        server.close()
-        await server.wait_closed()
+    d = await probe_transport_of(pki.expired, pki.cluster)
     assert d.kind == "peer_cert_expired", d
     assert_explained(d)
 
