@@ -438,14 +438,16 @@ class PeerCache(_Source):
             self._error(f"{self.path} is not a version-{PEER_CACHE_VERSION} peer cache; ignoring it, it is rewritten at the next update")
             return []
         peers = []
+        rejected = 0
         for entry in document["peers"][: self.max_peers * 4]:
             peer = _peer_from_json(entry)
             if peer is None:
-                self.entries_rejected += 1
+                rejected += 1
             else:
                 peers.append(peer)
-        if self.entries_rejected:
-            log.warning("peer cache %s: skipped %d malformed entries", self.path, self.entries_rejected)
+        if rejected:
+            self.entries_rejected += rejected
+            log.warning("peer cache %s: skipped %d malformed entries", self.path, rejected)
         return peers
 
     def _write(self) -> bool:

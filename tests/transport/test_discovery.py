@@ -360,3 +360,31 @@ def test_discovery_for_configuration() -> None:
     assert isinstance(static, StaticDiscovery) and static.addresses == (Address("10.0.0.1", 7946),)
     both = discovery_for(SimpleNamespace(bootstrap=(Address("10.0.0.1", 7946),), mdns=True, cluster="c"), "n1", Address("127.0.0.1", 1))
     assert isinstance(both, CompositeDiscovery) and both.source == "bootstrap+mdns"
+
+
+# -- garbage in, never a crash --------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+    max_leaves=30,
+)
+_entry = st.fixed_dictionaries(
+    {"node_id": st.one_of(st.text(max_size=140), st.integers()), "host": st.one_of(st.text(max_size=20), st.none()),
+     "port": st.one_of(st.integers(-5, 70000), st.booleans(), st.text(max_size=3)), "last_seen_ms": st.one_of(st.integers(-5, 2**45), st.floats())}
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.one_of(_json, st.fixed_dictionaries({"version": st.just(1), "peers": st.lists(_entry | _json, max_size=8)})), raw=st.binary(max_size=64))
+def test_peer_cache_never_crashes_on_garbage(tmp_path: Path, document: object, raw: bytes) -> None:
+    for content in (json.dumps(document).encode(), raw):
+        path = tmp_path / "peers.json"
+        path.write_bytes(content)
+        cache = PeerCache(path, max_age_s=10**12)
+        addresses = cache.load()
+        assert all(isinstance(a, Address) and 0 < a.port <= 65535 for a in addresses)
+        assert len(addresses) <= cache.max_peers
