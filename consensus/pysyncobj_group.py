@@ -1,0 +1,595 @@
+"""`ConsensusGroup` over pysyncobj 0.3.17, carried by the node's authenticated `RaftLink`.
+
+How pysyncobj is contained (docs/decisions/0030-raft-over-node-transport.md):
+- Its TCP transport is replaced by `_LinkTransport`: no socket is opened, and frames come only
+  from the `RaftLink` (the node's mutually authenticated channel). Frames from ids that are not
+  voters are dropped. Bytes are decoded by `raft_codec` (msgpack, allow-listed, never pickle).
+- ONE replicated method, ``apply_entry(payload: bytes)``, hands each committed entry to the pure
+  `CriticalState`. Its full dump is our own msgpack file (custom serializer/deserializer), so a
+  snapshot sent by the leader is validated, never unpickled; ``useFork=False``.
+- ``autoTick=False``: the group drives ``doTick(0)`` from an asyncio timer on the event loop, and
+  immediately after each received frame or proposal. Everything pysyncobj does therefore runs on
+  the loop thread: no locks, no tick thread, no sleeping. Result callbacks are still bridged with
+  ``loop.call_soon_threadsafe``, which also keeps futures from resolving inside pysyncobj's stack.
+- ``appendEntriesUseBatch=False`` for sub-millisecond commits; ``dynamicMembershipChange=True``
+  with membership entries written as plain ``['add'|'rem', id]`` (no pickled Node objects).
+
+Hazards that remain (pysyncobj's, see docs/consensus.md): the journal is not fsynced, the follower
+log-truncation deviation from Raft §5.3, no pre-vote, and its own clock (``time.monotonic``) for
+election timers, so this adapter is not deterministic; simulations use `MemoryCluster`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from pysyncobj import SyncObj, SyncObjConf, replicated
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.node import Node
+from pysyncobj.transport import Transport
+
+from .base import (
+    Clock,
+    ConsensusError,
+    ConsensusTimeout,
+    GroupStatus,
+    MembershipChangeRefused,
+    NoQuorum,
+    NotLeader,
+    RaftLink,
+    ReadResult,
+)
+from .commands import Command, CommandDecodeError, decode_entry, encode_entry
+from .raft_codec import RaftFrameError, command_from_wire, command_to_wire, decode_message, encode_message
+from .state_machine import CriticalState, SnapshotError
+
+__all__ = ["PySyncObjGroup", "RaftConfig", "RaftStats"]
+
+log = logging.getLogger(__name__)
+
+DUMP_VERSION = 1
+JOURNAL_FILE = "raft.journal"
+DUMP_FILE = "raft.dump"
+_MEMBERSHIP = 2
+"""pysyncobj.syncobj._COMMAND_TYPE.MEMBERSHIP (0.3.17)."""
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+_RETRY_SLEEP_S = 0.02
+"""Pause between re-submissions that pysyncobj refused without appending (no leader yet)."""
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RaftConfig:
+    """Timing and limits of one voter. Durations are milliseconds."""
+
+    heartbeat_ms: int = 50
+    """Leader AppendEntries period (pysyncobj appendEntriesPeriod; its default is 100 ms)."""
+    election_timeout_ms_min: int = 300
+    election_timeout_ms_max: int = 600
+    """Randomised election timeout range. Raft §9.3 suggests 150-300 ms for 0.5-20 ms broadcast
+    times; doubled here because ticks run on a shared Python event loop."""
+    leader_fallback_ms: int = 600
+    """A leader that heard from no majority for this long steps down (pysyncobj default: 30 s)."""
+    tick_interval_ms: int = 10
+    """Idle tick period; frames and proposals tick immediately."""
+    no_quorum_timeout_ms: int = 1_200
+    """How long `propose` waits for a leader with a reachable majority before `NoQuorum`
+    (2 x the max election timeout: one failed election round plus one that succeeds)."""
+    commit_timeout_ms: int = 5_000
+    """How long `propose` waits for the commit after submitting before `ConsensusTimeout`."""
+    quorum_window_ms: int = 600
+    """A peer counts as reachable if a frame from it arrived within this window."""
+    log_compaction_min_entries: int = 5_000
+    log_compaction_min_time_ms: int = 300_000
+    """pysyncobj defaults: compact (write the dump, trim the journal) after 5000 entries or 300 s."""
+    commands_queue_max: int = 1_000
+    """Proposals queued inside pysyncobj before QUEUE_FULL (its default is 100k)."""
+    snapshot_bytes_max: int = 32 << 20
+    """Largest dump file accepted (received or on disk)."""
+    forward_to_leader: bool = True
+    """False: `propose` on a follower raises `NotLeader` instead of forwarding."""
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_ms", "tick_interval_ms", "no_quorum_timeout_ms", "commit_timeout_ms",
+                     "quorum_window_ms", "commands_queue_max", "snapshot_bytes_max", "log_compaction_min_time_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"RaftConfig.{name} must be positive")
+        if self.election_timeout_ms_min <= 3 * self.heartbeat_ms:
+            raise ValueError("election_timeout_ms_min must exceed 3 x heartbeat_ms (pysyncobj requirement)")
+        if self.election_timeout_ms_max <= self.election_timeout_ms_min:
+            raise ValueError("election_timeout_ms_max must exceed election_timeout_ms_min")
+        if self.leader_fallback_ms <= self.heartbeat_ms:
+            raise ValueError("leader_fallback_ms must exceed heartbeat_ms")
+        if self.log_compaction_min_entries < 2:
+            raise ValueError("log_compaction_min_entries must be at least 2")
+
+
+@dataclass(slots=True)
+class RaftStats:
+    """Counters the node exports as metrics."""
+
+    frames_sent: int = 0
+    frames_received: int = 0
+    frames_rejected: int = 0
+    """Frames from a voter that failed the codec (garbage, or a type outside the allow-list)."""
+    frames_from_non_voters: int = 0
+    encode_failures: int = 0
+    handler_errors: int = 0
+    """pysyncobj raised while handling a valid-looking frame; dropped."""
+    tick_errors: int = 0
+    bad_entries: int = 0
+    """Committed entries that did not decode (cannot happen unless files are corrupt)."""
+    snapshot_bytes_refused: int = 0
+    proposals: int = 0
+    no_quorum: int = 0
+    timeouts: int = 0
+
+
+class _LinkTransport(Transport):  # type: ignore[misc]
+    """pysyncobj Transport over a `RaftLink`: every voter counts as connected; sends are best effort."""
+
+    def __init__(self, syncobj: Any, self_node: Node, other_nodes: Any, group: PySyncObjGroup) -> None:
+        super().__init__(syncobj, self_node, other_nodes)
+        self._group = group
+        self._nodes: dict[str, Node] = {}
+        for node in sorted(other_nodes, key=lambda n: n.id):
+            self._nodes[node.id] = node
+        self._snapshot_bytes = 0
+
+    def connect_known(self) -> None:
+        """Announce every voter as connected; call once pysyncobj has installed its callbacks."""
+        for node in list(self._nodes.values()):
+            self._onNodeConnected(node)
+
+    def voter_ids(self) -> list[str]:
+        return sorted(self._nodes)
+
+    def addNode(self, node: Node) -> None:  # noqa: N802 (pysyncobj API)
+        self._nodes[node.id] = node
+        self._onNodeConnected(node)
+
+    def dropNode(self, node: Node) -> None:  # noqa: N802
+        if self._nodes.pop(node.id, None) is not None:
+            self._onNodeDisconnected(node)
+
+    def send(self, node: Node, message: Any) -> bool:
+        stats = self._group.stats
+        try:
+            data = encode_message(message)
+        except RaftFrameError as exc:
+            stats.encode_failures += 1
+            log.warning("raft: not sending %s to %s: %s", message.get("type"), node.id, exc)
+            return False
+        stats.frames_sent += 1
+        self._group.link.send(node.id, data)
+        return True
+
+    def receive(self, voter_id: str, data: bytes) -> bool:
+        """Feed one frame; False if it was dropped."""
+        stats = self._group.stats
+        node = self._nodes.get(voter_id)
+        if node is None:
+            stats.frames_from_non_voters += 1
+            return False
+        try:
+            message = decode_message(data)
+        except RaftFrameError as exc:
+            stats.frames_rejected += 1
+            log.debug("raft: dropped frame from %s: %s", voter_id, exc)
+            return False
+        chunk = message.get("serialized")
+        if chunk is not None:
+            self._snapshot_bytes = len(chunk[0]) + (0 if chunk[1] else self._snapshot_bytes)
+            if self._snapshot_bytes > self._group.config.snapshot_bytes_max:
+                stats.snapshot_bytes_refused += 1
+                return False
+        stats.frames_received += 1
+        try:
+            self._onMessageReceived(node, message)
+        except Exception:  # a peer must never crash the node
+            stats.handler_errors += 1
+            log.exception("raft: pysyncobj failed on a %s frame from %s", message["type"], voter_id)
+            return False
+        return True
+
+    def destroy(self) -> None:
+        self.setOnMessageReceivedCallback(None)
+        self.setOnNodeConnectedCallback(None)
+        self.setOnNodeDisconnectedCallback(None)
+        self._nodes.clear()
+
+
+class _Replica(SyncObj):  # type: ignore[misc]
+    """The SyncObj with one replicated method; its state lives in `CriticalState`, not in SyncObj fields."""
+
+    def __init__(self, state: CriticalState, stats: RaftStats, **kwargs: Any) -> None:
+        self._critical = state
+        self._stats = stats
+        super().__init__(**kwargs)
+
+    @replicated
+    def apply_entry(self, payload: bytes) -> Any:
+        try:
+            command, now_ms = decode_entry(payload)
+        except CommandDecodeError:
+            self._stats.bad_entries += 1
+            log.error("raft: committed entry does not decode; skipped on every replica alike")
+            return None
+        return self._critical.apply(command, now_ms)
+
+
+class PySyncObjGroup:
+    """One Raft voter. Construct (no I/O), `await start()`, use, `await close()`.
+
+    `voters` lists every voter id, this one included; `link` carries frames to and from them;
+    `data_dir` holds the journal and the dump, so a restarted voter recovers and catches up.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        voters: list[str] | tuple[str, ...],
+        link: RaftLink,
+        data_dir: str | os.PathLike[str],
+        config: RaftConfig | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if node_id not in voters:
+            raise ValueError(f"voters must include this node's id {node_id!r}; got {list(voters)!r}")
+        self._node_id = node_id
+        self._initial_voters = sorted(dict.fromkeys(voters))
+        self.link = link
+        self.config = config or RaftConfig()
+        self._data_dir = Path(data_dir)
+        self._clock = clock or _wall_clock_ms
+        self.state = CriticalState()
+        """The local replica; read it only on the event loop."""
+        self.stats = RaftStats()
+        self._syncobj: _Replica | None = None
+        self._transport: _LinkTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._tick_due = 0.0
+        self._last_heard: dict[str, float] = {}
+        self._pending: set[asyncio.Future[tuple[Any, int]]] = set()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    async def start(self) -> None:
+        """Open the journal and dump, hook the link, and start ticking."""
+        if self._syncobj is not None:
+            raise RuntimeError("group already started")
+        self._loop = asyncio.get_running_loop()
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        cfg = self.config
+        conf = SyncObjConf(
+            autoTick=False,
+            appendEntriesUseBatch=False,
+            dynamicMembershipChange=True,
+            useFork=False,
+            commandsWaitLeader=False,
+            appendEntriesPeriod=cfg.heartbeat_ms / 1000,
+            raftMinTimeout=cfg.election_timeout_ms_min / 1000,
+            raftMaxTimeout=cfg.election_timeout_ms_max / 1000,
+            leaderFallbackTimeout=cfg.leader_fallback_ms / 1000,
+            connectionTimeout=max(3.5, cfg.election_timeout_ms_max / 1000),
+            commandsQueueSize=cfg.commands_queue_max,
+            logCompactionMinEntries=cfg.log_compaction_min_entries,
+            logCompactionMinTime=cfg.log_compaction_min_time_ms / 1000,
+            journalFile=str(self._data_dir / JOURNAL_FILE),
+            fullDumpFile=str(self._data_dir / DUMP_FILE),
+            serializer=self._write_dump,
+            deserializer=self._read_dump,
+        )
+
+        def make_transport(syncobj: Any, self_node: Node, other_nodes: Any) -> _LinkTransport:
+            self._transport = _LinkTransport(syncobj, self_node, other_nodes, self)
+            return self._transport
+
+        others = [Node(v) for v in self._initial_voters if v != self._node_id]
+        self._syncobj = _Replica(
+            self.state, self.stats, selfNode=Node(self._node_id), otherNodes=others, conf=conf,
+            nodeClass=Node, transportClass=make_transport,
+        )
+        assert self._syncobj._methodToID == {"apply_entry_v0": 0}, "raft_codec assumes one replicated method"
+        assert self._transport is not None
+        self._transport.connect_known()
+        self.link.set_receiver(self._on_frame)
+        self._arm(0.0)
+
+    async def close(self) -> None:
+        """Stop ticking, detach from the link, flush and close files; pending proposals time out."""
+        if self._syncobj is None:
+            return
+        self.link.set_receiver(None)
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
+        syncobj, self._syncobj = self._syncobj, None
+        syncobj.destroy()
+        _close_pipe_notifier(syncobj)
+        for fut in list(self._pending):
+            if not fut.done():
+                fut.set_exception(ConsensusTimeout("the group was closed before the commit was seen; outcome unknown"))
+        self._pending.clear()
+
+    # -- the owner's tick -------------------------------------------------------------------
+
+    def do_tick(self) -> None:
+        """Run one pysyncobj tick now (on the event loop). `start()` already schedules them."""
+        if self._syncobj is None:
+            return
+        try:
+            self._syncobj.doTick(0.0)
+        except Exception:
+            self.stats.tick_errors += 1
+            log.exception("raft: tick failed")
+
+    # -- ConsensusGroup ---------------------------------------------------------------------
+
+    async def propose(self, command: Command) -> Any:
+        """See `ConsensusGroup.propose`."""
+        payload = encode_entry(command, self._clock())  # ValueError for misuse, before any I/O
+        syncobj = self._require_started()
+        loop = asyncio.get_running_loop()
+        self.stats.proposals += 1
+        start = loop.time()
+        quorum_deadline = start + self.config.no_quorum_timeout_ms / 1000
+        while True:
+            await self._wait_for_quorum(quorum_deadline, start)
+            if not self.config.forward_to_leader and not syncobj._isLeader():
+                raise NotLeader(self._leader_id())
+            fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+            self._pending.add(fut)
+            syncobj.apply_entry(payload, callback=self._bridge(fut))
+            self._arm(0.0)
+            try:
+                result, error = await asyncio.wait_for(asyncio.shield(fut), self.config.commit_timeout_ms / 1000)
+            except asyncio.TimeoutError:
+                self.stats.timeouts += 1
+                raise ConsensusTimeout(waited_ms=int((loop.time() - start) * 1000)) from None
+            finally:
+                self._pending.discard(fut)
+            if error == FAIL_REASON.SUCCESS:
+                return result
+            if error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED,
+                         FAIL_REASON.QUEUE_FULL) and loop.time() < quorum_deadline:
+                # Refused before it was appended, or overwritten by another leader: not applied.
+                await asyncio.sleep(_RETRY_SLEEP_S)
+                continue
+            if error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED,
+                         FAIL_REASON.QUEUE_FULL):
+                self.stats.no_quorum += 1
+                raise NoQuorum(waited_ms=int((loop.time() - start) * 1000))
+            self.stats.timeouts += 1
+            raise ConsensusTimeout(
+                f"the leader changed before the commit was confirmed (pysyncobj reason {error}); "
+                "the command may or may not have been applied: read back before retrying"
+            )
+
+    async def read(self, query: Command, linearizable: bool = True) -> ReadResult:
+        """See `ConsensusGroup.read`. Linearizable reads go through the log (one commit)."""
+        if not getattr(type(query), "READONLY", False):
+            raise ValueError(f"{type(query).__name__} changes state; use propose() for it")
+        if linearizable:
+            value = await self.propose(query)
+            return ReadResult(value, True, self._applied_index(), self._leader_id())
+        self._require_started()
+        return ReadResult(self.state.query(query), False, self._applied_index(), self._leader_id())
+
+    def status(self) -> GroupStatus:
+        """See `ConsensusGroup.status`."""
+        syncobj = self._syncobj
+        if syncobj is None:
+            return GroupStatus(self._node_id, "stopped", None, 0, 0, 0, tuple(self._initial_voters))
+        raw = syncobj.getStatus()
+        role = _ROLES.get(raw["state"], "follower")
+        voters = tuple(sorted([self._node_id, *self._voter_ids()]))
+        commit = raw["commit_idx"]
+        lag: dict[str, int | None] = {}
+        for voter in voters:
+            if voter == self._node_id:
+                lag[voter] = max(0, commit - raw["last_applied"])
+            elif role == "leader":
+                match = raw.get(f"match_idx_server_{voter}")
+                lag[voter] = None if match is None else max(0, commit - match)
+            else:
+                lag[voter] = None
+        return GroupStatus(
+            node_id=self._node_id,
+            role=role,
+            leader=self._leader_id(),
+            term=raw["raft_term"],
+            commit_index=commit,
+            applied_index=raw["last_applied"],
+            voters=voters,
+            lag=lag,
+            has_quorum=self._quorum_ok(),
+        )
+
+    async def add_voter(self, voter_id: str) -> None:
+        """See `ConsensusGroup.add_voter`. Start the new voter (with every voter listed) first."""
+        await self._change_membership("add", voter_id)
+
+    async def remove_voter(self, voter_id: str) -> None:
+        """See `ConsensusGroup.remove_voter`."""
+        if voter_id == self._node_id and self._syncobj is not None and self._syncobj._isLeader():
+            raise MembershipChangeRefused("this voter is the leader; remove it from another voter after a new election")
+        await self._change_membership("rem", voter_id)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _require_started(self) -> _Replica:
+        if self._syncobj is None:
+            raise RuntimeError(f"consensus group {self._node_id!r} is not started; await start() first")
+        return self._syncobj
+
+    def _voter_ids(self) -> list[str]:
+        return self._transport.voter_ids() if self._transport is not None else []
+
+    def _leader_id(self) -> str | None:
+        leader = self._syncobj._getLeader() if self._syncobj is not None else None
+        return None if leader is None else str(leader.id)
+
+    def _applied_index(self) -> int:
+        return int(self._syncobj.raftLastApplied) if self._syncobj is not None else 0
+
+    def _on_frame(self, voter_id: str, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or self._syncobj is None:
+            return
+        if transport.receive(voter_id, data):
+            assert self._loop is not None
+            self._last_heard[voter_id] = self._loop.time()
+            self._arm(0.0)
+
+    def _arm(self, delay_s: float) -> None:
+        """(Re)arm the single tick timer to fire within `delay_s`."""
+        loop = self._loop
+        if loop is None or self._syncobj is None:
+            return
+        due = loop.time() + delay_s
+        if self._tick_handle is not None:
+            if self._tick_due <= due:
+                return
+            self._tick_handle.cancel()
+        self._tick_due = due
+        self._tick_handle = loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._tick_handle = None
+        self.do_tick()
+        self._arm(self.config.tick_interval_ms / 1000)
+
+    def _bridge(self, fut: asyncio.Future[tuple[Any, int]]) -> Any:
+        loop = self._loop
+        assert loop is not None
+
+        def settle(result: Any, error: int) -> None:
+            if not fut.done():
+                fut.set_result((result, error))
+
+        def callback(result: Any, error: int) -> None:
+            # Runs inside pysyncobj's tick (on the loop thread here, but safe from any thread).
+            loop.call_soon_threadsafe(settle, result, error)
+
+        return callback
+
+    def _quorum_ok(self) -> bool:
+        """A leader that heard from a majority recently, or a follower that heard from its leader."""
+        syncobj, loop = self._syncobj, self._loop
+        if syncobj is None or loop is None:
+            return False
+        horizon = loop.time() - self.config.quorum_window_ms / 1000
+        voters = self._voter_ids()
+        if syncobj._isLeader():
+            heard = 1 + sum(1 for v in voters if self._last_heard.get(v, -1.0) >= horizon)
+            return heard * 2 > len(voters) + 1
+        leader = self._leader_id()
+        return leader is not None and self._last_heard.get(leader, -1.0) >= horizon
+
+    async def _wait_for_quorum(self, deadline: float, start: float) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._quorum_ok():
+            if self._syncobj is None:
+                raise ConsensusError("the group was closed")
+            if loop.time() >= deadline:
+                self.stats.no_quorum += 1
+                raise NoQuorum(waited_ms=int((loop.time() - start) * 1000))
+            await asyncio.sleep(self.config.tick_interval_ms / 1000)
+
+    async def _change_membership(self, op: str, voter_id: str) -> None:
+        command_from_wire(["M", op, voter_id])  # validates the id the same way peers will
+        syncobj = self._require_started()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await self._wait_for_quorum(start + self.config.no_quorum_timeout_ms / 1000, start)
+        fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
+        self._pending.add(fut)
+        # Plain ['add'|'rem', id] instead of addNodeToCluster's pickled Node object (see raft_codec).
+        syncobj._applyCommand(command_from_wire(["M", op, voter_id])[1:], self._bridge(fut), _MEMBERSHIP)
+        self._arm(0.0)
+        try:
+            _, error = await asyncio.wait_for(asyncio.shield(fut), self.config.commit_timeout_ms / 1000)
+        except asyncio.TimeoutError:
+            raise ConsensusTimeout(waited_ms=int((loop.time() - start) * 1000)) from None
+        finally:
+            self._pending.discard(fut)
+        if error == FAIL_REASON.SUCCESS:
+            return
+        if error == FAIL_REASON.REQUEST_DENIED:
+            raise MembershipChangeRefused(
+                f"voter change {op} {voter_id!r} refused: another change is still committing, the voter is "
+                "already (or not) a member, or it is the leader. Wait for the previous change and retry."
+            )
+        raise ConsensusTimeout(f"voter change {op} {voter_id!r} not confirmed (pysyncobj reason {error}); check status()")
+
+    def _write_dump(self, path: str, data: Any) -> None:
+        """pysyncobj serializer: our msgpack dump (state + the two boundary entries + voters), fsynced."""
+        last, prev, cluster = data
+        doc = {
+            "v": DUMP_VERSION,
+            "state": self.state.snapshot(),
+            "last": [command_to_wire(last[0]), last[1], last[2]],
+            "prev": [command_to_wire(prev[0]), prev[1], prev[2]],
+            "voters": sorted(str(node.id) for node in cluster),
+        }
+        blob = msgpack.packb(doc, use_bin_type=True)
+        with open(path, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read_dump(self, path: str) -> tuple[Any, Any, list[Node]]:
+        """pysyncobj deserializer: validate everything, then restore the state (atomically)."""
+        size = os.path.getsize(path)
+        if size > self.config.snapshot_bytes_max:
+            raise SnapshotError(f"dump {path} is {size} bytes, over snapshot_bytes_max")
+        with open(path, "rb") as f:
+            blob = f.read(size + 1)
+        try:
+            doc = msgpack.unpackb(blob, raw=False, strict_map_key=True, max_ext_len=0)
+        except Exception as exc:
+            raise SnapshotError(f"dump {path} is not valid msgpack: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("v") != DUMP_VERSION or set(doc) != {"v", "state", "last", "prev", "voters"}:
+            raise SnapshotError(f"dump {path} has an unknown layout")
+        entries = []
+        for key in ("last", "prev"):
+            entry = doc[key]
+            if not (isinstance(entry, list) and len(entry) == 3 and type(entry[1]) is int and type(entry[2]) is int):
+                raise SnapshotError(f"dump {path}: bad {key} entry")
+            try:
+                entries.append((command_from_wire(entry[0]), entry[1], entry[2]))
+            except RaftFrameError as exc:
+                raise SnapshotError(f"dump {path}: {exc}") from None
+        voters = doc["voters"]
+        if not (isinstance(voters, list) and voters and all(isinstance(v, str) and v for v in voters)):
+            raise SnapshotError(f"dump {path}: bad voter list")
+        self.state.restore(doc["state"])  # raises SnapshotError and keeps the old state if invalid
+        return entries[0], entries[1], [Node(v) for v in voters]
+
+
+def _close_pipe_notifier(syncobj: Any) -> None:
+    """pysyncobj 0.3.17 never closes the wake-up pipe it opens for appendEntriesUseBatch=False."""
+    notifier = getattr(syncobj, "_SyncObj__pipeNotifier", None)
+    for name in ("_PipeNotifier__pipeR", "_PipeNotifier__pipeW"):
+        fd = getattr(notifier, name, None)
+        if isinstance(fd, int):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

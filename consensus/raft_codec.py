@@ -1,0 +1,318 @@
+"""A strict, pickle-free wire codec for pysyncobj's Raft messages.
+
+pysyncobj's own TCP transport sends ``zlib(pickle(message))`` and unpickles whatever arrives. Here
+each message is re-expressed as plain msgpack values against an allow-list of message types and
+fields, so bytes from the network never reach ``pickle.loads``:
+
+- Message dicts (``request_vote``, ``append_entries``, ...) are checked field by field: known
+  keys only, exact types, bounded ints and sizes. Anything else raises `RaftFrameError`.
+- Log-entry commands are pysyncobj byte strings (a type byte plus a pickle the library made
+  locally). On send they are parsed with a globals-free unpickler (local bytes only) into
+  ``["R", payload]``, ``["N"]``, ``["M", "add"|"rem", voter_id]`` or ``["V", version]``. On
+  receive the pickle is *rebuilt* locally with ``pickle.dumps`` from the validated plain values.
+- ``append_entries`` with ``transmission`` chunks (pysyncobj splits an entry >= 64 KiB and
+  unpickles the reassembled bytes) is refused; `commands.ENTRY_BYTES_MAX` keeps our entries
+  far below that size, so a well-behaved leader never sends one.
+- Snapshot chunks (``serialized``) are opaque bytes of our own msgpack dump format; the group's
+  deserializer validates them strictly before use.
+
+The encoding of pysyncobj internals is tied to pysyncobj==0.3.17 (pinned in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+__sans_io__ = True
+
+import io
+import pickle
+from typing import Any
+
+import msgpack
+
+from .commands import ENTRY_BYTES_MAX, CommandDecodeError, decode_entry
+
+__all__ = [
+    "RAFT_FRAME_BYTES_MAX",
+    "RAFT_FRAME_VERSION",
+    "RaftFrameError",
+    "command_from_wire",
+    "command_to_wire",
+    "decode_message",
+    "encode_message",
+]
+
+RAFT_FRAME_VERSION = 1
+RAFT_FRAME_BYTES_MAX = 1 << 20
+"""One frame: an append_entries batch is capped by pysyncobj at 64 KiB of commands
+(appendEntriesBatchSizeBytes) and a snapshot chunk at 64 KiB (logCompactionBatchSize)."""
+ENTRIES_PER_FRAME_MAX = 10_000
+SNAPSHOT_CHUNK_BYTES_MAX = 1 << 17
+VOTER_ID_CHARS_MAX = 256
+INDEX_MAX = 2**63 - 1
+FAIL_REASON_MAX = 7
+"""pysyncobj.config.FAIL_REASON: SUCCESS=0 .. UNKNOWN_OUTCOME=7."""
+
+# pysyncobj.syncobj._COMMAND_TYPE (0.3.17)
+_REGULAR, _NO_OP, _MEMBERSHIP, _VERSION = 0, 1, 2, 3
+_PICKLE_PROTOCOL = 2
+"""pysyncobj.pickle dumps with protocol 2; rebuilt entries must match journal bytes exactly."""
+_APPLY_FUNC_ID = 0
+"""The adapter registers exactly one @replicated method, so its pysyncobj function id is 0."""
+
+
+class RaftFrameError(ValueError):
+    """A Raft frame or entry that is not valid: from a peer, drop and count it."""
+
+
+# field name -> checker; "?" prefix marks optional fields
+_SCHEMAS: dict[str, dict[str, str]] = {
+    "request_vote": {"term": "index", "last_log_index": "index", "last_log_term": "index"},
+    "response_vote": {"term": "index"},
+    "append_entries": {
+        "term": "index",
+        "commit_index": "index",
+        "?prevLogIdx": "index_or_none",
+        "?prevLogTerm": "index_or_none",
+        "?entries": "entries",
+        "?serialized": "snapshot_chunk",
+    },
+    "next_node_idx": {"next_node_idx": "index", "reset": "bool", "success": "bool"},
+    "apply_command": {"command": "command", "?request_id": "index"},
+    "apply_command_response": {"request_id": "index", "?error": "fail_reason", "?log_idx": "index", "?log_term": "index"},
+    "timeout_now": {"term": "index"},
+}
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    """pysyncobj message dict -> frame bytes; raise `RaftFrameError` for anything off the allow-list."""
+    if not isinstance(message, dict):
+        raise RaftFrameError(f"raft message must be a dict, got {type(message).__name__}")
+    kind = message.get("type")
+    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise RaftFrameError(f"raft message type {kind!r} is not on the allow-list")
+    body: dict[str, Any] = {}
+    for key, value in message.items():
+        if key == "type":
+            continue
+        checker = schema.get(key) or schema.get("?" + key)
+        if checker is None:
+            raise RaftFrameError(f"{kind}: field {key!r} is not allowed (chunked 'transmission' entries are refused)")
+        body[key] = _ENCODERS[checker](value, f"{kind}.{key}")
+    _check_required(kind, schema, body)
+    data = msgpack.packb([RAFT_FRAME_VERSION, kind, body], use_bin_type=True)
+    if len(data) > RAFT_FRAME_BYTES_MAX:
+        raise RaftFrameError(f"{kind} frame of {len(data)} bytes exceeds RAFT_FRAME_BYTES_MAX={RAFT_FRAME_BYTES_MAX}")
+    return data
+
+
+def decode_message(data: bytes) -> dict[str, Any]:
+    """Frame bytes -> a pysyncobj message dict; raise `RaftFrameError` on anything invalid."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise RaftFrameError(f"raft frame must be bytes, got {type(data).__name__}")
+    if len(data) > RAFT_FRAME_BYTES_MAX:
+        raise RaftFrameError(f"raft frame of {len(data)} bytes exceeds RAFT_FRAME_BYTES_MAX={RAFT_FRAME_BYTES_MAX}")
+    try:
+        value = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, max_bin_len=RAFT_FRAME_BYTES_MAX,
+            max_str_len=RAFT_FRAME_BYTES_MAX, max_array_len=ENTRIES_PER_FRAME_MAX, max_map_len=16, max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise RaftFrameError(f"raft frame is not valid msgpack: {exc}") from None
+    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[2], dict)):
+        raise RaftFrameError("raft frame must be [version, type, {fields}]")
+    version, kind, body = value
+    if type(version) is not int or version != RAFT_FRAME_VERSION:
+        raise RaftFrameError(f"raft frame version {version!r}; this node speaks {RAFT_FRAME_VERSION}")
+    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
+    if schema is None:
+        raise RaftFrameError(f"raft message type {kind!r} is not on the allow-list")
+    message: dict[str, Any] = {"type": kind}
+    for key, field_value in body.items():
+        if not isinstance(key, str):
+            raise RaftFrameError(f"{kind}: field names must be strings")
+        checker = schema.get(key) or schema.get("?" + key)
+        if checker is None:
+            raise RaftFrameError(f"{kind}: field {key!r} is not allowed")
+        decoded = _DECODERS[checker](field_value, f"{kind}.{key}")
+        if checker == "snapshot_chunk" and decoded is None:
+            continue  # pysyncobj would crash unpacking False; "no chunk" is the same as absent
+        message[key] = decoded
+    _check_required(kind, schema, message)
+    return message
+
+
+def command_to_wire(command: bytes) -> list[Any]:
+    """A pysyncobj log command made on THIS node -> plain values. Never used on network bytes."""
+    if not isinstance(command, (bytes, bytearray)) or not command:
+        raise RaftFrameError("log command must be non-empty bytes")
+    kind, rest = command[0], bytes(command[1:])
+    if kind == _NO_OP:
+        return ["N"]
+    value = _local_unpickle(rest)
+    if kind == _REGULAR:
+        if (isinstance(value, tuple) and len(value) == 2 and value[0] == _APPLY_FUNC_ID
+                and isinstance(value[1], tuple) and len(value[1]) == 1 and isinstance(value[1][0], bytes)):
+            return ["R", value[1][0]]
+        raise RaftFrameError("regular log command is not apply(bytes); only the adapter's method is replicated")
+    if kind == _MEMBERSHIP:
+        if (isinstance(value, list) and len(value) == 2 and value[0] in ("add", "rem")
+                and _is_voter_id(value[1])):
+            return ["M", value[0], value[1]]
+        raise RaftFrameError("membership log command must be ['add'|'rem', voter_id] (no Node objects)")
+    if kind == _VERSION:
+        if type(value) is int and 0 <= value <= INDEX_MAX:
+            return ["V", value]
+        raise RaftFrameError("version log command must be an int")
+    raise RaftFrameError(f"unknown log command type {kind}")
+
+
+def command_from_wire(value: Any) -> bytes:
+    """Plain values -> the pysyncobj log command bytes, rebuilt locally; validates the payload."""
+    if not isinstance(value, (list, tuple)) or not value or not isinstance(value[0], str):
+        raise RaftFrameError("log command must be [tag, ...]")
+    tag = value[0]
+    if tag == "N" and len(value) == 1:
+        return bytes([_NO_OP])
+    if tag == "R" and len(value) == 2 and isinstance(value[1], bytes):
+        payload = value[1]
+        try:
+            decode_entry(payload)  # validate at the edge: garbage never enters the log
+        except CommandDecodeError as exc:
+            raise RaftFrameError(f"log entry payload: {exc}") from None
+        return bytes([_REGULAR]) + pickle.dumps((_APPLY_FUNC_ID, (payload,)), _PICKLE_PROTOCOL)
+    if tag == "M" and len(value) == 3 and value[1] in ("add", "rem") and _is_voter_id(value[2]):
+        return bytes([_MEMBERSHIP]) + pickle.dumps([value[1], value[2]], _PICKLE_PROTOCOL)
+    if tag == "V" and len(value) == 2 and type(value[1]) is int and 0 <= value[1] <= INDEX_MAX:
+        return bytes([_VERSION]) + pickle.dumps(value[1], _PICKLE_PROTOCOL)
+    raise RaftFrameError(f"invalid log command {tag!r}")
+
+
+# -- field codecs ------------------------------------------------------------------------------
+
+
+def _check_required(kind: str, schema: dict[str, str], present: dict[str, Any]) -> None:
+    for key in schema:
+        if not key.startswith("?") and key not in present:
+            raise RaftFrameError(f"{kind}: missing field {key!r}")
+
+
+def _is_voter_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= VOTER_ID_CHARS_MAX
+
+
+def _index(value: Any, where: str) -> int:
+    if type(value) is not int or not 0 <= value <= INDEX_MAX:
+        raise RaftFrameError(f"{where}: expected a non-negative int, got {value!r:.40}")
+    return value
+
+
+def _index_or_none(value: Any, where: str) -> int | None:
+    return None if value is None else _index(value, where)
+
+
+def _bool(value: Any, where: str) -> bool:
+    if type(value) is not bool:
+        raise RaftFrameError(f"{where}: expected a bool")
+    return value
+
+
+def _fail_reason(value: Any, where: str) -> int:
+    if type(value) is not int or not 0 <= value <= FAIL_REASON_MAX:
+        raise RaftFrameError(f"{where}: expected a pysyncobj FAIL_REASON code")
+    return value
+
+
+def _entries_out(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, (list, tuple)) or len(value) > ENTRIES_PER_FRAME_MAX:
+        raise RaftFrameError(f"{where}: expected a list of at most {ENTRIES_PER_FRAME_MAX} entries")
+    out = []
+    for entry in value:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
+            raise RaftFrameError(f"{where}: entry must be (command, index, term)")
+        out.append([command_to_wire(entry[0]), _index(entry[1], where), _index(entry[2], where)])
+    return out
+
+
+def _entries_in(value: Any, where: str) -> list[tuple[bytes, int, int]]:
+    if not isinstance(value, list) or len(value) > ENTRIES_PER_FRAME_MAX:
+        raise RaftFrameError(f"{where}: expected a list of at most {ENTRIES_PER_FRAME_MAX} entries")
+    out = []
+    previous = None
+    for entry in value:
+        if not (isinstance(entry, list) and len(entry) == 3):
+            raise RaftFrameError(f"{where}: entry must be [command, index, term]")
+        index, term = _index(entry[1], where), _index(entry[2], where)
+        if previous is not None and index != previous + 1:
+            raise RaftFrameError(f"{where}: entry indexes must be consecutive")
+        previous = index
+        out.append((command_from_wire(entry[0]), index, term))
+    return out
+
+
+def _command_out(value: Any, where: str) -> list[Any]:
+    return command_to_wire(value)
+
+
+def _command_in(value: Any, where: str) -> bytes:
+    return command_from_wire(value)
+
+
+def _snapshot_out(value: Any, where: str) -> list[Any] | None:
+    if value is None or value is False:
+        return None
+    if (isinstance(value, tuple) and len(value) == 3 and isinstance(value[0], bytes)
+            and type(value[1]) is bool and type(value[2]) is bool):
+        if len(value[0]) > SNAPSHOT_CHUNK_BYTES_MAX:
+            raise RaftFrameError(f"{where}: snapshot chunk over SNAPSHOT_CHUNK_BYTES_MAX")
+        return [value[0], value[1], value[2]]
+    raise RaftFrameError(f"{where}: expected (bytes, is_first, is_last)")
+
+
+def _snapshot_in(value: Any, where: str) -> tuple[bytes, bool, bool] | None:
+    if value is None:
+        return None
+    if (isinstance(value, list) and len(value) == 3 and isinstance(value[0], bytes)
+            and len(value[0]) <= SNAPSHOT_CHUNK_BYTES_MAX and type(value[1]) is bool and type(value[2]) is bool):
+        return (value[0], value[1], value[2])
+    raise RaftFrameError(f"{where}: expected [bytes, is_first, is_last]")
+
+
+_ENCODERS = {
+    "index": _index, "index_or_none": _index_or_none, "bool": _bool, "fail_reason": _fail_reason,
+    "entries": _entries_out, "command": _command_out, "snapshot_chunk": _snapshot_out,
+}
+_DECODERS = {
+    "index": _index, "index_or_none": _index_or_none, "bool": _bool, "fail_reason": _fail_reason,
+    "entries": _entries_in, "command": _command_in, "snapshot_chunk": _snapshot_in,
+}
+
+
+class _NoGlobalsUnpickler(pickle.Unpickler):
+    """Builds only primitive values: any class, function or persistent id is refused.
+
+    The one exception is ``_codecs.encode``: pickle protocol 2 (what pysyncobj uses) has no bytes
+    opcode and writes ``bytes`` as ``_codecs.encode(text, 'latin1')``.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        raise RaftFrameError(f"log command refers to {module}.{name}; only plain values are allowed")
+
+
+def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise RaftFrameError("log command uses _codecs.encode for something other than latin-1 bytes")
+    return text.encode("latin1")
+
+
+def _local_unpickle(data: bytes) -> Any:
+    if len(data) > ENTRY_BYTES_MAX + 64:
+        raise RaftFrameError("log command is larger than any entry this adapter writes")
+    try:
+        return _NoGlobalsUnpickler(io.BytesIO(data)).load()
+    except RaftFrameError:
+        raise
+    except Exception as exc:
+        raise RaftFrameError(f"log command is not a plain pickle: {exc}") from None

@@ -1,0 +1,245 @@
+"""PySyncObjGroup: 3 voters in one process over the in-process RaftLink (no sockets).
+
+Real pysyncobj with real (monotonic) election timers, so waits are bounded polls, never sleeps
+asserted on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from agentnode.consensus import commands as c
+from agentnode.consensus.base import ConsensusGroup, ConsensusTimeout, NoQuorum
+from agentnode.consensus.memory_link import MemoryRaftNetwork
+from agentnode.consensus.pysyncobj_group import PySyncObjGroup, RaftConfig
+
+IDS = ["a", "b", "c"]
+WAIT_S = 15.0
+
+
+class Cluster:
+    def __init__(self, tmp: Path, ids: list[str] = IDS, config: RaftConfig | None = None) -> None:
+        self.tmp, self.ids, self.config = tmp, list(ids), config or RaftConfig()
+        self.net = MemoryRaftNetwork()
+        self.groups: dict[str, PySyncObjGroup] = {}
+
+    async def start(self, node_id: str, voters: list[str] | None = None) -> PySyncObjGroup:
+        group = PySyncObjGroup(node_id, voters or self.ids, self.net.link(node_id), self.tmp / node_id, self.config)
+        await group.start()
+        self.groups[node_id] = group
+        return group
+
+    async def start_all(self) -> None:
+        for node_id in self.ids:
+            await self.start(node_id)
+
+    async def stop(self, node_id: str) -> None:
+        await self.groups.pop(node_id).close()
+
+    async def close(self) -> None:
+        for group in list(self.groups.values()):
+            await group.close()
+        self.groups.clear()
+
+    async def leader(self, among: list[str] | None = None, not_: str | None = None) -> PySyncObjGroup:
+        """Wait until exactly one of `among` is a leader with quorum that the others follow."""
+        names = among or list(self.groups)
+
+        async def poll() -> PySyncObjGroup:
+            while True:
+                leaders = [n for n in names if n != not_ and self.groups[n].status().role == "leader"
+                           and self.groups[n].status().has_quorum]
+                if len(leaders) == 1 and all(self.groups[n].status().leader == leaders[0] for n in names):
+                    return self.groups[leaders[0]]
+                await asyncio.sleep(0.01)
+
+        return await asyncio.wait_for(poll(), WAIT_S)
+
+    async def converged(self, names: list[str] | None = None) -> None:
+        names = names or list(self.groups)
+
+        async def poll() -> None:
+            while True:
+                statuses = [self.groups[n].status() for n in names]
+                digests = {self.groups[n].state.digest() for n in names}
+                if len(digests) == 1 and len({s.applied_index for s in statuses}) == 1:
+                    return
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(poll(), WAIT_S)
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path):
+    cl = Cluster(tmp_path)
+    yield cl
+    await cl.close()
+
+
+async def test_elect_commit_kill_leader_new_leader_commits(cluster: Cluster) -> None:
+    await cluster.start_all()
+    assert all(isinstance(g, ConsensusGroup) for g in cluster.groups.values())
+    first = await cluster.leader()
+    follower = next(g for n, g in cluster.groups.items() if n != first.node_id)
+    assert (await follower.propose(c.KvPut("k", b"1"))).ok  # forwarded to the leader
+    term = first.status().term
+
+    await cluster.stop(first.node_id)
+    second = await cluster.leader()
+    assert second.node_id != first.node_id and second.status().term > term
+    assert (await second.propose(c.KvPut("k", b"2"))).ok
+    others = [n for n in cluster.groups if n != second.node_id]
+    read = await cluster.groups[others[0]].read(c.KvGet("k"))
+    assert read.linearizable and read.value == b"2"
+    await cluster.converged()
+
+
+async def test_minority_side_gets_no_quorum_fast_majority_keeps_committing(cluster: Cluster) -> None:
+    await cluster.start_all()
+    old = await cluster.leader()
+    rest = [n for n in IDS if n != old.node_id]
+    cluster.net.partition([old.node_id], rest)
+
+    async def lost_quorum() -> None:
+        while old.status().has_quorum:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(lost_quorum(), WAIT_S)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(NoQuorum, match="NOT applied") as info:
+        await old.propose(c.KvPut("side", b"minority"))
+    elapsed_ms = (loop.time() - started) * 1000
+    print(f"NoQuorum after {elapsed_ms:.0f} ms (bound {cluster.config.no_quorum_timeout_ms} ms)")
+    assert info.value.waited_ms <= cluster.config.no_quorum_timeout_ms + 500  # raised by the bound, not a timeout
+    new = await cluster.leader(among=rest)
+    assert (await new.propose(c.KvPut("side", b"majority"))).ok
+
+    cluster.net.heal()
+    await cluster.leader()
+    await cluster.converged()
+    assert old.state.query(c.KvGet("side")) == b"majority"  # the minority write never happened
+
+
+async def test_restarted_voter_recovers_from_files_and_catches_up(tmp_path: Path) -> None:
+    cl = Cluster(tmp_path, config=RaftConfig(log_compaction_min_entries=8))
+    try:
+        await cl.start_all()
+        leader = await cl.leader()
+        victim = next(n for n in IDS if n != leader.node_id)
+        for i in range(30):
+            assert (await leader.propose(c.KvPut(f"k{i}", b"before"))).ok
+        await cl.converged()
+        await asyncio.sleep(1.2)  # pysyncobj persists the commit index once a second
+        assert (tmp_path / victim / "raft.dump").exists() and (tmp_path / victim / "raft.journal").exists()
+        await cl.stop(victim)
+
+        for i in range(30):
+            assert (await leader.propose(c.KvPut(f"k{i}", b"after"))).ok
+
+        # Restart cut off from everyone: the state must come back from its own files.
+        cl.net.partition([victim], [n for n in IDS if n != victim])
+        restarted = await cl.start(victim)
+
+        async def recovered() -> None:
+            while restarted.state.query(c.KvGet("k29")) != b"before":
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(recovered(), WAIT_S)
+        cl.net.heal()
+        await cl.leader()
+        await cl.converged()
+        assert restarted.state.query(c.KvGet("k29")) == b"after"
+        assert restarted.stats.frames_rejected == 0
+    finally:
+        await cl.close()
+
+
+async def test_concurrent_name_claims_exactly_one_wins(cluster: Cluster) -> None:
+    await cluster.start_all()
+    await cluster.leader()
+    for round_ in range(5):
+        name = f"planner-{round_}"
+        results = await asyncio.gather(*(
+            g.propose(c.ClaimName(name, f"agent-{n}", 60_000)) for n, g in cluster.groups.items()
+        ))
+        winners = [r.lease.owner for r in results if r.ok]
+        assert len(winners) == 1
+        assert all(r.lease.owner == winners[0] for r in results)  # losers are told who holds it
+    await cluster.converged()
+
+
+async def test_garbage_and_pickles_from_peers_are_dropped_and_counted(cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.start_all()
+    leader = await cluster.leader()
+    target = next(g for g in cluster.groups.values() if g is not leader)
+    marker = tmp_path / "pwned"
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    intruder = cluster.net.link("mallory")  # authenticated by the node but not a voter
+    voter_b = cluster.net.link(leader.node_id)  # a voter sending garbage (a compromised peer)
+    intruder.send(target.node_id, b"whatever")
+    for junk in (pickle.dumps(Boom()), b"\x00" * 10, b"\x93\x01\xa4nope\x80"):
+        voter_b.send(target.node_id, junk)
+    voter_b.set_receiver(leader._on_frame)  # give the real leader its endpoint back
+    await asyncio.sleep(0.1)
+    assert target.stats.frames_from_non_voters == 1
+    assert target.stats.frames_rejected == 3
+    assert not marker.exists()
+    assert (await target.propose(c.Barrier())) > 0  # still working
+
+
+async def test_stale_and_linearizable_reads_are_labelled(cluster: Cluster) -> None:
+    await cluster.start_all()
+    leader = await cluster.leader()
+    await leader.propose(c.AdmitNode("n1"))
+    await leader.propose(c.RevokeNode("n1"))
+    follower = next(g for g in cluster.groups.values() if g is not leader)
+    lin = await follower.read(c.IsRevoked("n1"))
+    assert lin.value is True and lin.linearizable and not lin.stale
+    stale = await follower.read(c.IsRevoked("n1"), linearizable=False)
+    assert stale.stale and stale.value is True
+    with pytest.raises(ValueError, match="propose"):
+        await follower.read(c.KvPut("k", b""))
+    status = leader.status()
+    assert status.voters == ("a", "b", "c") and set(status.lag) == set(IDS)
+
+
+async def test_add_and_remove_a_voter(tmp_path: Path) -> None:
+    cl = Cluster(tmp_path)
+    try:
+        await cl.start_all()
+        leader = await cl.leader()
+        await leader.propose(c.KvPut("k", b"v"))
+        newcomer = await cl.start("d", voters=["a", "b", "c", "d"])
+        await leader.add_voter("d")
+        await cl.converged()
+        assert newcomer.state.query(c.KvGet("k")) == b"v"
+        assert leader.status().voters == ("a", "b", "c", "d")
+        await leader.remove_voter("d")
+        await cl.stop("d")
+        assert leader.status().voters == ("a", "b", "c")
+        assert (await leader.propose(c.Barrier())) > 0
+    finally:
+        await cl.close()
+
+
+async def test_misuse_errors_say_what_to_do(tmp_path: Path) -> None:
+    net = MemoryRaftNetwork()
+    with pytest.raises(ValueError, match="include this node"):
+        PySyncObjGroup("x", ["a", "b"], net.link("x"), tmp_path)
+    group = PySyncObjGroup("a", ["a", "b", "c"], net.link("a"), tmp_path)
+    with pytest.raises(RuntimeError, match="start"):
+        await group.propose(c.Barrier())
+    with pytest.raises(ValueError, match="heartbeat"):
+        RaftConfig(heartbeat_ms=200)
+    assert group.status().role == "stopped"
+    _ = ConsensusTimeout  # imported for the error-class contract; raised on unknown outcomes
