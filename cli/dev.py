@@ -1,9 +1,76 @@
-"""CLI commands for this domain; see main.py for how they are registered."""
+"""`agentnode dev up`: a throwaway local cluster for newcomers, shown converging in a live table."""
 
 from __future__ import annotations
 
+import time
+
 import typer
+from rich.live import Live
+from rich.table import Table
+
+from agentnode.cli.output import console, fail
+
+dev_app = typer.Typer(help="Local development clusters on loopback.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    app.add_typer(dev_app, name="dev")
+
+
+@dev_app.command(help="Start N nodes on loopback with a throwaway CA, show them converge, stop all on Ctrl-C.")
+def up(
+    nodes: int = typer.Option(3, "--nodes", "-n", min=1, max=64, help="How many nodes."),
+    transport: str = typer.Option("tls", "--transport", help="tls or quic."),
+    mdns: bool = typer.Option(False, "--mdns/--no-mdns", help="Also discover each other over mDNS."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the data directories after stopping (their path is printed)."),
+    duration_s: float = typer.Option(0.0, "--duration-s", help="Stop by itself after this many seconds (0: run until Ctrl-C)."),
+) -> None:
+    from agentnode.local_cluster import LocalCluster
+
+    cluster = LocalCluster(nodes, transport=transport, mdns=mdns, keep=keep)
+    console.print(f"starting {nodes} nodes in cluster [bold]{cluster.cluster}[/bold] under {cluster.root}")
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.stop()
+        fail(f"could not start the cluster: {exc}")
+    console.print("each node's CLI works too, for example:")
+    console.print(f"  agentnode peers --data-dir {cluster.nodes[0].data_dir}")
+    console.print("press Ctrl-C to stop all nodes")
+    deadline = time.monotonic() + duration_s if duration_s > 0 else None
+    try:
+        with Live(_table(cluster), console=console, refresh_per_second=4) as live:
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.5)
+                live.update(_table(cluster))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("\nstopping (each node leaves gracefully)...")
+        cluster.stop()
+        if keep:
+            console.print(f"kept {cluster.root}")
+
+
+def _table(cluster: object) -> Table:
+    from agentnode.local_cluster import LocalCluster
+
+    assert isinstance(cluster, LocalCluster)
+    table = Table(title=f"cluster {cluster.cluster}", caption="a/s/d/l = members seen alive/suspect/dead/left", header_style="bold")
+    for column in ("#", "node id", "address", "a/s/d/l", "converged"):
+        table.add_column(column, no_wrap=True)
+    expected = {n.node_id for n in cluster.nodes if n.alive}
+    for node in cluster.nodes:
+        if not node.alive:
+            table.add_row(str(node.index + 1), node.node_id, node.address or "", "-", "[red]stopped[/red]")
+            continue
+        try:
+            view = node.view()
+        except Exception as exc:  # a node that does not answer is shown, not fatal
+            table.add_row(str(node.index + 1), node.node_id, node.address or "", "?", f"[yellow]{exc}[/yellow]")
+            continue
+        counts = {s: sum(1 for v in view.values() if v == s) for s in ("alive", "suspect", "dead", "left")}
+        alive = {nid for nid, s in view.items() if s == "alive"}
+        mark = "[green]yes[/green]" if alive == expected else "[yellow]not yet[/yellow]"
+        table.add_row(str(node.index + 1), node.node_id, node.address or "", "/".join(str(counts[s]) for s in ("alive", "suspect", "dead", "left")), mark)
+    return table

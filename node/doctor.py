@@ -1,0 +1,80 @@
+"""`agentnode doctor`: explain why a node does not see its peers, with a fix for each problem.
+
+The probes live in `agentnode.transport.diagnosis`; this module decides which to run from what the
+node's data directory and (if it runs) the node itself say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agentnode.config import DEFAULT_PORT
+from agentnode.control import ControlClient, ControlError
+from agentnode.datadir import DataDir
+from agentnode.transport.base import Address
+from agentnode.transport.diagnosis import (
+    Diagnosis,
+    check_certificate,
+    probe_bootstrap,
+    probe_listen,
+    probe_mdns,
+)
+from agentnode.transport.identity import IdentityError, NodeIdentity
+
+__all__ = ["diagnose"]
+
+
+async def diagnose(
+    data_dir: Path,
+    *,
+    bootstrap: Sequence[str] = (),
+    listen: str | None = None,
+    cluster: str | None = None,
+    mdns_seconds: float = 3.0,
+) -> list[Diagnosis]:
+    """Run every check that applies and return the findings, problems first."""
+    findings: list[Diagnosis] = []
+    directory = DataDir(data_dir)
+    try:
+        identity = NodeIdentity.load(directory.path)
+    except IdentityError as exc:
+        return [Diagnosis("identity", str(directory.path), False, "no_identity", str(exc),
+                          f"agentnode ca issue --ca-dir CA_DIR --data-dir {directory.path}")]
+    findings.append(check_certificate(identity))
+
+    status = await _node_status(directory)
+    if status is None:
+        findings.append(Diagnosis("node", str(directory.path), False, "not_running",
+                                  "no node is running on this data directory",
+                                  f"agentnode join --data-dir {directory.path} --listen HOST:PORT --bootstrap SEED:PORT"))
+        if listen:
+            findings.append(await probe_listen(Address.parse(listen, default_port=DEFAULT_PORT)))
+    else:
+        members = status.get("members", {})
+        alive = int(members.get("alive", 0))
+        if alive <= 1:
+            findings.append(Diagnosis("node", status["address"], False, "alone",
+                                      "the node runs but sees no other alive member",
+                                      "give it a --bootstrap list of running nodes, or enable mDNS on a shared LAN; the findings below say why seeds fail"))
+        else:
+            findings.append(Diagnosis("node", status["address"], True, "ok", detail=f"{alive} alive members: {members}"))
+        bootstrap = list(bootstrap) or list(status.get("bootstrap", []))
+        cluster = cluster or status.get("cluster")
+
+    seeds = [Address.parse(s, default_port=DEFAULT_PORT) for s in bootstrap]
+    if seeds:
+        findings.extend(await asyncio.gather(*(probe_bootstrap(seed, identity) for seed in seeds)))
+    if cluster and (status is None or status.get("mdns", True)):
+        findings.append(await probe_mdns(cluster, duration_s=mdns_seconds))
+    return sorted(findings, key=lambda f: f.ok)
+
+
+async def _node_status(directory: DataDir) -> dict[str, Any] | None:
+    client = ControlClient(directory.control_socket, directory.path, timeout_s=5.0)
+    try:
+        return await asyncio.to_thread(client.call, "status")
+    except ControlError:
+        return None
