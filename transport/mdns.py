@@ -15,7 +15,7 @@ interface; see docs/discovery.md), so this adapter refuses to fail silently:
 
 By default the adapter announces and listens only on the interface that owns the advertised
 address (loopback for 127.0.0.1), not on every interface: announcing a container or VPN
-address is libp2p's most reported mDNS bug (docs/decisions/0061-mdns-interface-choice.md).
+address is libp2p's most reported mDNS bug (docs/decisions/0061-mdns-interface-choice-and-self-check.md).
 """
 
 from __future__ import annotations
