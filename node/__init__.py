@@ -1,3 +1,36 @@
-"""agentnode: a peer-to-peer network node for AI agents."""
+"""agentnode: a peer-to-peer network node for AI agents.
+
+    async with agentnode.Node(agentnode.NodeConfig(data_dir="n1", listen="127.0.0.1:7946")) as node:
+        print(node.node_id, [m.node_id for m in node.members()])
+
+The names below import lazily, so `import agentnode.crdt` (a standard-library-only package) does
+not pull in the transport, pydantic or asyncio.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = ["ConfigError", "Node", "NodeConfig", "NodeStopped", "__version__"]
+
+if TYPE_CHECKING:
+    from agentnode.config import ConfigError, NodeConfig
+    from agentnode.runtime import Node, NodeStopped
+
+_LAZY = {
+    "ConfigError": "agentnode.config",
+    "NodeConfig": "agentnode.config",
+    "Node": "agentnode.runtime",
+    "NodeStopped": "agentnode.runtime",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentnode' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
