@@ -70,6 +70,8 @@ MAX_PEERS = 1024
 MAX_OTHER_CLUSTER_NODES = 256
 """Instances of other clusters remembered for diagnosis."""
 MAX_ADDRESSES_PER_PEER = 8
+MAX_REMEMBERED_IDS = 4096
+"""Node ids remembered for `peers_found`; beyond it the oldest is forgotten (and would count again)."""
 MAX_LABEL_BYTES = 63
 """RFC 6763 §4.1.1 / RFC 1035 §2.3.4: a DNS label (the instance name) is at most 63 bytes."""
 _CLUSTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -110,7 +112,7 @@ class MdnsStats:
     answers_seen: int
     """Service announcements and changes heard for the browsed types, ours included."""
     peers_found: int
-    """Distinct nodes of our cluster found since start."""
+    """Distinct nodes of our cluster found since start (exact up to `MAX_REMEMBERED_IDS`)."""
     peers_known: int
     """Nodes of our cluster currently announced."""
     other_clusters: tuple[tuple[str, tuple[str, ...]], ...]
@@ -191,6 +193,8 @@ class MdnsDiscovery(_Source):
         self._peers: dict[str, MdnsPeer] = {}
         self._others: dict[str, MdnsPeer] = {}
         self._ever_found: dict[str, None] = {}
+        """Node ids found since start (bounded); `_peers_found` counts first sightings."""
+        self._peers_found = 0
         self._refresh_task: asyncio.Task[None] | None = None
         self._running = False
         self._announced = False
@@ -281,7 +285,7 @@ class MdnsDiscovery(_Source):
             own_record_seen=self._own_seen,
             queries_sent=self._queries_sent,
             answers_seen=self._answers_seen,
-            peers_found=len(self._ever_found),
+            peers_found=self._peers_found,
             peers_known=len(self._peers),
             other_clusters=tuple((c, tuple(sorted(ids))) for c, ids in sorted(others.items())),
             malformed=self._malformed,
@@ -430,7 +434,10 @@ class MdnsDiscovery(_Source):
             return
         self._peers[name] = peer
         if peer.node_id not in self._ever_found:
+            if len(self._ever_found) >= MAX_REMEMBERED_IDS:
+                del self._ever_found[next(iter(self._ever_found))]  # oldest first: insertion order
             self._ever_found[peer.node_id] = None
+            self._peers_found += 1
             log.info("mDNS: found node %s at %s", peer.node_id, ", ".join(map(str, peer.addresses)))
         if previous is None or previous.addresses != peer.addresses:
             self._deliver(list(peer.addresses))
