@@ -51,6 +51,8 @@ def join(
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if log_level.lower() != "debug":
+        logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every handshake at INFO
     metadata = {}
     for item in meta:
         key, sep, value = item.partition("=")

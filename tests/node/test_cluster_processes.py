@@ -84,3 +84,16 @@ def test_two_clusters_on_one_loopback_stay_apart(tmp_path: Path) -> None:
                 assert not set(node.view()) & b_ids
             for node in b.nodes:
                 assert not set(node.view()) & a_ids
+
+
+def test_quic_cluster_converges_and_sees_a_kill(tmp_path: Path) -> None:
+    with LocalCluster(3, root=tmp_path, transport="quic") as cluster:
+        cluster.wait_for("3 QUIC nodes to converge", cluster.converged, timeout_s=30)
+        victim = cluster.nodes[1]
+        cluster.kill(victim)
+        others = [n for n in cluster.nodes if n is not victim]
+        cluster.wait_for(
+            "the others to mark the killed node dead",
+            lambda: all(n.view().get(victim.node_id) == "dead" for n in others),
+            timeout_s=30,
+        )
