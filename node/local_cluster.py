@@ -79,6 +79,7 @@ class LocalCluster:
         profile: str = "local",
         transport: str = "tls",
         mdns: bool = False,
+        bootstrap: bool = True,
         extra_args: Sequence[str] = (),
         keep: bool = False,
     ) -> None:
@@ -91,6 +92,7 @@ class LocalCluster:
         self.profile = profile
         self.transport = transport
         self.mdns = mdns
+        self.bootstrap = bootstrap
         self.extra_args = list(extra_args)
         self.keep = keep
         self.nodes: list[ClusterNode] = []
@@ -130,8 +132,12 @@ class LocalCluster:
         self.start_node(node, timeout_s=timeout_s)
         return node
 
-    def start_node(self, node: ClusterNode, timeout_s: float = 30.0) -> None:
-        """Start (or restart, on the same port) one node process and wait until it listens."""
+    def start_node(self, node: ClusterNode, timeout_s: float = 30.0, *, bootstrap: bool | None = None) -> None:
+        """Start (or restart, on the same port) one node process and wait until it listens.
+
+        With `bootstrap` (default: the cluster's setting) the node gets the other started nodes as
+        seeds; without, it must find them through mDNS or its peer cache.
+        """
         args = [
             sys.executable, "-m", "agentnode.cli.main", "join",
             "--data-dir", str(node.data_dir),
@@ -141,7 +147,7 @@ class LocalCluster:
             "--transport", self.transport,
         ]
         seeds = [n.address for n in self.nodes if n is not node and n.address]
-        if seeds:
+        if seeds and (self.bootstrap if bootstrap is None else bootstrap):
             args += ["--bootstrap", ",".join(seeds)]
         if not self.mdns:
             args.append("--no-mdns")

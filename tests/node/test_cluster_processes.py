@@ -97,3 +97,69 @@ def test_quic_cluster_converges_and_sees_a_kill(tmp_path: Path) -> None:
             lambda: all(n.view().get(victim.node_id) == "dead" for n in others),
             timeout_s=30,
         )
+
+
+def test_mdns_alone_forms_the_cluster(tmp_path: Path) -> None:
+    cluster_name = "mdns-" + tmp_path.name[-10:].lower().replace("_", "-")
+    with LocalCluster(3, root=tmp_path, cluster=cluster_name, mdns=True, bootstrap=False) as cluster:
+        cluster.wait_for("3 nodes to find each other over mDNS only", cluster.converged, timeout_s=40)
+
+
+def test_full_restart_reforms_from_the_peer_cache(tmp_path: Path) -> None:
+    with LocalCluster(3, root=tmp_path) as cluster:
+        cluster.wait_for("convergence", cluster.converged, timeout_s=30)
+        cluster.wait_for(
+            "every node to write its peer cache",
+            lambda: all(len(json.loads((n.data_dir / "peers.json").read_text()).get("peers", [])) >= 2 for n in cluster.nodes),
+            timeout_s=30,
+        )
+        for node in cluster.nodes:
+            cluster.kill(node)
+        for node in cluster.nodes:  # no bootstrap list, no mDNS: only what each node remembers
+            cluster.start_node(node, bootstrap=False)
+        cluster.wait_for("one cluster again, re-seeded from the peer caches", cluster.converged, timeout_s=40)
+
+
+def test_leave_and_doctor_through_the_cli(tmp_path: Path) -> None:
+    from agentnode.transport.identity import create_ca, issue_node_certificate
+
+    with LocalCluster(3, root=tmp_path) as cluster:
+        cluster.wait_for("convergence", cluster.converged, timeout_s=30)
+        first = cluster.nodes[0]
+
+        second = cluster.nodes[1]
+        healthy = _cli("doctor", "--data-dir", str(first.data_dir), "--bootstrap", second.address or "", "--json")
+        findings = json.loads(healthy.stdout)
+        assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+        assert any(f["check"] == "bootstrap" and f["ok"] and f["peer_id"] == second.node_id for f in findings)
+        assert cluster.converged()  # probing with the node's identity disturbed nothing
+
+        create_ca(tmp_path / "other-ca")
+        issue_node_certificate(tmp_path / "other-ca", tmp_path / "stranger")
+        refused = _cli("doctor", "--data-dir", str(tmp_path / "stranger"), "--bootstrap", first.address or "", "--json")
+        assert refused.returncode == 5
+        bootstrap = [f for f in json.loads(refused.stdout) if f["check"] == "bootstrap"]
+        assert bootstrap and not bootstrap[0]["ok"] and "CA" in bootstrap[0]["problem"] + bootstrap[0]["fix"]
+
+        leaver = cluster.nodes[2]
+        result = _cli("leave", "--data-dir", str(leaver.data_dir))
+        assert result.returncode == 0, result.stderr
+        assert leaver.process is not None and leaver.process.wait(timeout=15) == 0
+        cluster.wait_for(
+            "the others to mark the leaver left (not dead)",
+            lambda: all(n.view().get(leaver.node_id) == "left" for n in cluster.nodes[:2]),
+            timeout_s=20,
+        )
+        gone = _cli("status", "--data-dir", str(leaver.data_dir))
+        assert gone.returncode == 3 and "no node is running" in gone.stderr
+
+
+def test_dev_up_runs_and_stops_cleanly() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agentnode.cli.main", "dev", "up", "--nodes", "2", "--duration-s", "3"],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "converged" in result.stdout and "yes" in result.stdout
+    root = [line.split(" under ")[1] for line in result.stdout.splitlines() if " under " in line][0]
+    assert not Path(root.strip()).exists()  # the throwaway directory is removed
