@@ -261,6 +261,8 @@ class PySyncObjGroup:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_due = 0.0
         self._last_heard: dict[str, float] = {}
+        self._quorum_lost_at: float | None = None
+        """Loop time since when `_quorum_ok()` has been false at every tick (None: it is true)."""
         self._pending: set[asyncio.Future[tuple[Any, int]]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -338,6 +340,10 @@ class PySyncObjGroup:
         except Exception:
             self.stats.tick_errors += 1
             log.exception("raft: tick failed")
+        if self._quorum_ok():
+            self._quorum_lost_at = None
+        elif self._quorum_lost_at is None and self._loop is not None:
+            self._quorum_lost_at = self._loop.time()
 
     # -- ConsensusGroup ---------------------------------------------------------------------
 
@@ -503,10 +509,19 @@ class PySyncObjGroup:
         return leader is not None and self._last_heard.get(leader, -1.0) >= horizon
 
     async def _wait_for_quorum(self, deadline: float, start: float) -> None:
+        """Return once `_quorum_ok()`; raise `NoQuorum` once quorum has been missing for the bound.
+
+        The bound counts from when quorum was lost, not from the call: a side that has been
+        partitioned for a while fails at once, while a proposal made during an ordinary election
+        still waits for it to finish.
+        """
         loop = asyncio.get_running_loop()
         while not self._quorum_ok():
             if self._syncobj is None:
                 raise ConsensusError("the group was closed")
+            lost_at = self._quorum_lost_at
+            if lost_at is not None:
+                deadline = min(deadline, lost_at + self.config.no_quorum_timeout_ms / 1000)
             if loop.time() >= deadline:
                 self.stats.no_quorum += 1
                 raise NoQuorum(waited_ms=int((loop.time() - start) * 1000))

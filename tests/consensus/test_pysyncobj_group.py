@@ -117,6 +117,11 @@ async def test_minority_side_gets_no_quorum_fast_majority_keeps_committing(clust
     elapsed_ms = (loop.time() - started) * 1000
     print(f"NoQuorum after {elapsed_ms:.0f} ms (bound {cluster.config.no_quorum_timeout_ms} ms)")
     assert info.value.waited_ms <= cluster.config.no_quorum_timeout_ms + 500  # raised by the bound, not a timeout
+    # Once quorum has been missing for the whole bound, further proposals fail without waiting it again.
+    with pytest.raises(NoQuorum) as again:
+        await old.propose(c.KvPut("side", b"minority"))
+    print(f"second NoQuorum after {again.value.waited_ms} ms")
+    assert again.value.waited_ms < cluster.config.no_quorum_timeout_ms
     new = await cluster.leader(among=rest)
     assert (await new.propose(c.KvPut("side", b"majority"))).ok
 
