@@ -37,7 +37,6 @@ from pysyncobj.transport import Transport
 
 from .base import (
     Clock,
-    ConsensusError,
     ConsensusTimeout,
     GroupStatus,
     MembershipChangeRefused,
@@ -130,6 +129,8 @@ class RaftStats:
     bad_entries: int = 0
     """Committed entries that did not decode (cannot happen unless files are corrupt)."""
     snapshot_bytes_refused: int = 0
+    snapshot_chunks_received: int = 0
+    """Chunks of a leader's dump installed because this voter lagged behind the leader's compacted log."""
     proposals: int = 0
     no_quorum: int = 0
     timeouts: int = 0
@@ -189,6 +190,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
             return False
         chunk = message.get("serialized")
         if chunk is not None:
+            stats.snapshot_chunks_received += 1
             self._snapshot_bytes = len(chunk[0]) + (0 if chunk[1] else self._snapshot_bytes)
             if self._snapshot_bytes > self._group.config.snapshot_bytes_max:
                 stats.snapshot_bytes_refused += 1
@@ -518,7 +520,7 @@ class PySyncObjGroup:
         loop = asyncio.get_running_loop()
         while not self._quorum_ok():
             if self._syncobj is None:
-                raise ConsensusError("the group was closed")
+                raise NoQuorum("this member was closed before the command was submitted; it was NOT applied")
             lost_at = self._quorum_lost_at
             if lost_at is not None:
                 deadline = min(deadline, lost_at + self.config.no_quorum_timeout_ms / 1000)
