@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .base import Crdt, checked_element, checked_replica, checked_timestamp, checked_value
-from .causal import CausalContext, Dot
+from .causal import DELTA_DOTS_MAX, CausalContext, Dot
 from .errors import CrdtUsageError
 from .or_set import ORSet
 from .registers import MVRegister
@@ -101,8 +101,39 @@ class ORMap(Crdt):
 
     def merge(self, other: ORMap) -> None:
         self._check_merge_type(other)
-        self._store = self._store_join(self._store, self._ctx, other._store, other._ctx)
+        delta_dots = other._ctx.expand_if_small(DELTA_DOTS_MAX)
+        if delta_dots is None:
+            self._store = self._store_join(self._store, self._ctx, other._store, other._ctx)
+        else:
+            self._merge_delta(other, delta_dots)
         self._ctx.merge(other._ctx)
+
+    def _merge_delta(self, other: ORMap, delta_dots: set[Dot]) -> None:
+        """Re-join only the entries `other` names or whose dots its context covers."""
+        store, ctx = self._store, self._ctx
+        touched = []
+        for k, child in store.items():
+            tag = k[1]
+            if tag == "mvregister":
+                hit = not delta_dots.isdisjoint(child)
+            elif tag == "orset":
+                hit = any(not ds.isdisjoint(delta_dots) for ds in child.values())
+            else:
+                hit = ORMap._store_touches(child, delta_dots)
+            if hit:
+                touched.append(k)
+        named = set(touched)
+        touched.extend(k for k in other._store if k not in named)
+        for k in touched:
+            cls = NESTABLE_TYPES[k[1]]
+            mine, theirs = store.get(k), other._store.get(k)
+            joined = cls._store_join(
+                cls._store_new() if mine is None else mine, ctx, cls._store_new() if theirs is None else theirs, other._ctx
+            )
+            if joined:
+                store[k] = joined
+            else:
+                store.pop(k, None)
 
     def copy(self) -> ORMap:
         return ORMap._view(self._store_copy(self._store), self._ctx.copy())
@@ -181,6 +212,10 @@ class ORMap(Crdt):
     @staticmethod
     def _store_copy(store: dict[EntryKey, Any]) -> dict[EntryKey, Any]:
         return {k: NESTABLE_TYPES[k[1]]._store_copy(child) for k, child in store.items()}
+
+    @staticmethod
+    def _store_touches(store: dict[EntryKey, Any], dots: set[Dot]) -> bool:
+        return any(NESTABLE_TYPES[k[1]]._store_touches(child, dots) for k, child in store.items())
 
     @staticmethod
     def _store_same(s1: dict[EntryKey, Any], s2: dict[EntryKey, Any]) -> bool:

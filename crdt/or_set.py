@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .base import Crdt, checked_element, checked_replica
-from .causal import CausalContext, Dot, join_dot_sets
+from .causal import DELTA_DOTS_MAX, CausalContext, Dot, join_dot_sets
 from .values import Element, element_order
 
 __all__ = ["ORSet"]
@@ -59,8 +59,25 @@ class ORSet(Crdt):
 
     def merge(self, other: ORSet) -> None:
         self._check_merge_type(other)
-        self._store = self._store_join(self._store, self._ctx, other._store, other._ctx)
+        delta_dots = other._ctx.expand_if_small(DELTA_DOTS_MAX)
+        if delta_dots is None:
+            self._store = self._store_join(self._store, self._ctx, other._store, other._ctx)
+        else:
+            self._merge_delta(other, delta_dots)
         self._ctx.merge(other._ctx)
+
+    def _merge_delta(self, other: ORSet, delta_dots: set[Dot]) -> None:
+        """Re-join only the elements `other` names or whose dots its context covers."""
+        store, ctx, empty = self._store, self._ctx, set()
+        touched = [e for e, dots in store.items() if not dots.isdisjoint(delta_dots)]
+        named = set(touched)
+        touched.extend(e for e in other._store if e not in named)
+        for e in touched:
+            joined = join_dot_sets(store.get(e, empty), ctx, other._store.get(e, empty), other._ctx)
+            if joined:
+                store[e] = joined
+            else:
+                store.pop(e, None)
 
     def copy(self) -> ORSet:
         return ORSet._view(self._store_copy(self._store), self._ctx.copy())
@@ -140,3 +157,7 @@ class ORSet(Crdt):
     @staticmethod
     def _store_same(s1: dict[Element, set[Dot]], s2: dict[Element, set[Dot]]) -> bool:
         return s1 == s2
+
+    @staticmethod
+    def _store_touches(store: dict[Element, set[Dot]], dots: set[Dot]) -> bool:
+        return any(not ds.isdisjoint(dots) for ds in store.values())

@@ -200,6 +200,10 @@ class MVRegister(Crdt):
     def _store_same(s1: dict[Dot, Any], s2: dict[Dot, Any]) -> bool:
         return _same_fun(s1, s2)
 
+    @staticmethod
+    def _store_touches(store: dict[Dot, Any], dots: set[Dot]) -> bool:
+        return not dots.isdisjoint(store.keys())
+
 
 def _same_fun(f1: dict[Dot, Any], f2: dict[Dot, Any]) -> bool:
     if f1.keys() != f2.keys():
