@@ -192,11 +192,10 @@ async def test_garbage_and_pickles_from_peers_are_dropped_and_counted(cluster: C
             return (os.system, (f"touch {marker}",))
 
     intruder = cluster.net.link("mallory")  # authenticated by the node but not a voter
-    voter_b = cluster.net.link(leader.node_id)  # a voter sending garbage (a compromised peer)
+    voter_b = cluster.net.link(leader.node_id)  # frames "from" a voter: a compromised peer sending garbage
     intruder.send(target.node_id, b"whatever")
     for junk in (pickle.dumps(Boom()), b"\x00" * 10, b"\x93\x01\xa4nope\x80"):
         voter_b.send(target.node_id, junk)
-    voter_b.set_receiver(leader._on_frame)  # give the real leader its endpoint back
     await asyncio.sleep(0.1)
     assert target.stats.frames_from_non_voters == 1
     assert target.stats.frames_rejected == 3
@@ -249,4 +248,19 @@ async def test_misuse_errors_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="heartbeat"):
         RaftConfig(heartbeat_ms=200)
     assert group.status().role == "stopped"
-    _ = ConsensusTimeout  # imported for the error-class contract; raised on unknown outcomes
+
+
+async def test_lost_commit_is_reported_as_unknown_outcome(tmp_path: Path) -> None:
+    cl = Cluster(tmp_path, config=RaftConfig(commit_timeout_ms=300))
+    try:
+        await cl.start_all()
+        leader = await cl.leader()
+        cl.net.partition([leader.node_id], [n for n in IDS if n != leader.node_id])
+        # Still within the quorum window: submitted, appended locally, never committed.
+        with pytest.raises(ConsensusTimeout, match="may or may not"):
+            await leader.propose(c.KvPut("k", b"lost?"))
+        cl.net.heal()
+        await cl.leader()
+        await cl.converged()
+    finally:
+        await cl.close()
