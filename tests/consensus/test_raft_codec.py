@@ -62,12 +62,13 @@ def test_chunked_transmission_is_refused_both_ways() -> None:
         decode_message(frame)
 
 
-class _Boom:
-    def __reduce__(self):
-        return (os.system, ("touch /tmp/agentnode-pwned",))
+def test_pickled_objects_never_cross(tmp_path) -> None:
+    marker = tmp_path / "pwned"
 
+    class _Boom:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
 
-def test_pickled_objects_never_cross() -> None:
     evil = b"\x00" + pickle.dumps(_Boom(), 2)
     with pytest.raises(RaftFrameError):
         command_to_wire(evil)  # local side refuses to forward it
@@ -77,7 +78,7 @@ def test_pickled_objects_never_cross() -> None:
     frame = msgpack.packb([1, "apply_command", {"command": ["R", pickle.dumps(_Boom())]}])
     with pytest.raises(RaftFrameError, match="payload"):
         decode_message(frame)
-    assert not os.path.exists("/tmp/agentnode-pwned")
+    assert not marker.exists()
 
 
 def test_unknown_types_fields_and_bad_values_are_refused() -> None:
