@@ -25,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+import msgpack
+
 from agentnode.transport.base import Address, BackpressureError, FrameHandler, PeerRefused, TransportStats
-from agentnode.transport.framing import DEFAULT_MAX_FRAME_BYTES, ControlFrame, FrameDecoder, FrameError, encode_control
+from agentnode.transport.framing import DEFAULT_MAX_FRAME_BYTES, ControlFrame, FrameDecoder, FrameError, FrameTooLarge, encode_control
 
 __all__ = ["Connection", "ConnectionManager", "Dialer", "Stream", "TransportConfig"]
 
@@ -111,7 +112,8 @@ class _Peer:
     def __init__(self, node_id: str | None, address: Address | None) -> None:
         self.node_id = node_id
         self.address = address
-        self.queue: deque[bytes] = deque()
+        self.queue: list[bytes] = []
+        """Encoded frames in order; a list so a batch is one slice and one `del`, not a loop of poplefts."""
         self.queued_bytes = 0
         self.conn: Connection | None = None
         self.dialing = False
@@ -155,8 +157,8 @@ class Connection:
     # -- callbacks from the adapter ---------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.state == _CLOSED:
-            return
+        if self.state == _CLOSED or self.bye_received:
+            return  # nothing may follow the peer's BYE
         manager = self._manager
         now = manager.now()
         self.last_activity = now
@@ -180,14 +182,15 @@ class Connection:
         manager = self._manager
         handler = manager._handler
         peer_id = self.peer_id
-        delivered = 0
-        for frame in frames:
+        delivered = len(frames)
+        for index, frame in enumerate(frames):
             if type(frame) is ControlFrame:
+                delivered -= 1
                 self._on_control(frame.value)
+                if self.bye_received:  # nothing may follow the peer's BYE
+                    delivered -= len(frames) - index - 1
+                    break
                 continue
-            if self.bye_received:
-                continue  # nothing may follow the peer's BYE
-            delivered += 1
             try:
                 handler(peer_id, frame)
             except Exception:
@@ -234,18 +237,11 @@ class Connection:
             queue.clear()
             peer.queued_bytes = 0
         else:
-            batch = []
-            size = 0
-            popleft = queue.popleft
-            for _ in range(config.coalesce_frames_max):
-                if not queue or (batch and size + len(queue[0]) > config.coalesce_bytes_max):
-                    break
-                item = popleft()
-                size += len(item)
-                batch.append(item)
-            n = len(batch)
-            peer.queued_bytes -= size
-            data = b"".join(batch)
+            # the byte budget is applied on the average frame size: no per-frame Python loop
+            n = min(n, config.coalesce_frames_max, max(1, n * config.coalesce_bytes_max // peer.queued_bytes))
+            data = b"".join(queue[:n])
+            del queue[:n]
+            peer.queued_bytes -= len(data)
         self.stream.write(data)
         manager = self._manager
         manager._frames_sent += n
@@ -301,6 +297,10 @@ class ConnectionManager:
         self.config = config
         self._rng = rng
         self._dialer = dialer
+        self._pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+        """One packer per node: `msgpack.packb` builds a Packer per call (0.9 vs 0.4 µs per 256 B)."""
+        self._max_frame = config.max_frame_bytes
+        self._queue_max = config.send_queue_frames_max
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # set by start()
         self._handler: FrameHandler = _drop_frame
         self._peers: dict[str, _Peer] = {}
@@ -334,8 +334,40 @@ class ConnectionManager:
     def now(self) -> float:
         return 0.0  # replaced by loop.time once started
 
+    def send(self, address: Address, frame: Any, peer_id: str | None = None) -> None:
+        """Encode and queue one frame; see `Transport.send`. The per-frame hot path: keep it flat."""
+        try:
+            body = self._pack(frame)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"frame is not msgpack-serialisable ({exc}); send dicts, lists, str, bytes, numbers, bool or None") from None
+        n = len(body)
+        if n > self._max_frame:
+            raise FrameTooLarge(f"frame of {n} bytes exceeds the {self._max_frame}-byte limit; split it or raise max_frame_bytes on every node")
+        peer = self._peers.get(peer_id) if peer_id is not None else None  # type: ignore[arg-type]
+        if peer is None or self._closing:
+            self.send_encoded(address, n.to_bytes(4, "big") + body, peer_id)
+            return
+        queue = peer.queue
+        if len(queue) >= self._queue_max:
+            self._backpressure += 1
+            raise BackpressureError(
+                f"send queue to {peer_id} is full ({self._queue_max} frames); slow down or raise send_queue_frames_max"
+            )
+        queue.append(n.to_bytes(4, "big") + body)
+        peer.queued_bytes += n + 4
+        conn = peer.conn
+        if conn is not None:
+            if not conn._flush_scheduled and not conn.paused:
+                conn._flush_scheduled = True
+                self._loop.call_soon(conn._flush)
+            return
+        if not peer.dialing:
+            if peer.address != address:
+                peer.address = address
+            self._reconnect(peer)
+
     def send_encoded(self, address: Address, data: bytes, peer_id: str | None) -> None:
-        """Queue one encoded frame; see `Transport.send`."""
+        """Queue one already length-prefixed frame (from `framing.encode_frame`)."""
         if self._closing:
             raise RuntimeError("transport is closed; create a new one")
         if peer_id is None:
@@ -351,10 +383,10 @@ class ConnectionManager:
             if peer is None:
                 peer = self._anonymous[address] = _Peer(None, address)
         queue = peer.queue
-        if len(queue) >= self.config.send_queue_frames_max:
+        if len(queue) >= self._queue_max:
             self._backpressure += 1
             raise BackpressureError(
-                f"send queue to {peer_id or address} is full ({self.config.send_queue_frames_max} frames); "
+                f"send queue to {peer_id or address} is full ({self._queue_max} frames); "
                 "slow down or raise send_queue_frames_max"
             )
         queue.append(data)
@@ -515,14 +547,11 @@ class ConnectionManager:
             return anon
         peer.address = address
         room = self.config.send_queue_frames_max - len(peer.queue)
-        while anon.queue:
-            data = anon.queue.popleft()
-            if room > 0:
-                peer.queue.append(data)
-                peer.queued_bytes += len(data)
-                room -= 1
-            else:
-                self._dropped += 1
+        moved = anon.queue[: max(0, room)]
+        peer.queue.extend(moved)
+        peer.queued_bytes += sum(len(d) for d in moved)
+        self._dropped += len(anon.queue) - len(moved)
+        anon.queue.clear()
         anon.queued_bytes = 0
         return peer
 

@@ -24,7 +24,6 @@ from cryptography import x509
 
 from agentnode.transport.base import Address, FrameHandler, PeerRefused, TransportStats
 from agentnode.transport.connections import Connection, ConnectionManager, TransportConfig
-from agentnode.transport.framing import encode_frame
 from agentnode.transport.identity import NodeIdentity, node_id_from_certificate
 
 __all__ = ["TlsTransport", "client_context", "server_context"]
@@ -151,6 +150,7 @@ class TlsTransport:
         self._server_ctx: ssl.SSLContext | None = None
         self._client_ctx: ssl.SSLContext | None = None
         self._handshakes = 0
+        self.send = self._manager.send  # type: ignore[method-assign]  # hot path: skip one call layer
 
     @property
     def node_id(self) -> str:
@@ -180,7 +180,8 @@ class TlsTransport:
         self._acceptor = loop.create_task(self._accept_loop(sock))
 
     def send(self, address: Address, frame: Any, peer_id: str | None = None) -> None:
-        self._manager.send_encoded(address, encode_frame(frame, max_frame_bytes=self.config.max_frame_bytes), peer_id)
+        """Queue `frame` for the peer; see `Transport.send`."""
+        self._manager.send(address, frame, peer_id)
 
     def stats(self) -> TransportStats:
         return self._manager.stats()
