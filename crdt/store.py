@@ -245,6 +245,9 @@ class StateStore:
             self._check_room(key)
         dot = self._seen.next_dot(self._replica)
         tomb = Tombstone(dot)
+        held = self._entries.get(key)
+        if isinstance(held, Tombstone):
+            tomb.merge(held)  # join as receivers will: the greater dot wins
         self._commit(key, tomb, wire_size(tomb))
         delta = Delta(key, dot, Tombstone(dot))
         self._append_log(delta)

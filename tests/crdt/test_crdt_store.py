@@ -206,6 +206,17 @@ def test_delete_wins_and_tombstones_are_collected_in_two_phases() -> None:
     assert a.value("k") == {"fresh"}
 
 
+def test_deleting_a_deleted_key_joins_tombstones_like_receivers_do() -> None:
+    a, b = StateStore("a"), StateStore("b")
+    for _ in range(5):
+        a.update("n", "gcounter", "increment")
+    a.delete("k")  # dot (a, 6)
+    ship(a, b, 0)
+    b.delete("k")  # dot (b, 1): smaller, so (a, 6) stays the tombstone everywhere
+    ship(b, a, 0)
+    assert a.digest(["k"]) == b.digest(["k"])
+
+
 def test_gc_waits_for_every_member() -> None:
     a, b = StateStore("a"), StateStore("b")
     a.delete("gone")
@@ -254,3 +265,34 @@ def test_stores_converge_after_loss_duplication_and_repair(data: st.DataObject) 
     assert stores[0].digest() == stores[1].digest() == stores[2].digest()
     for key in ("k1", "k2", "k3"):
         assert stores[0].value(key) == stores[1].value(key) == stores[2].value(key)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_delta_propagation_alone_converges(data: st.DataObject) -> None:
+    """Path (a): per-neighbour acked sequences over FIFO links, with forwarding, and no repair."""
+    stores = [StateStore(r) for r in ("a", "b", "c")]
+    acks: dict[tuple[int, int], int] = {}
+    pairs = [(i, j) for i in range(3) for j in range(3) if i != j]
+    for _ in range(data.draw(st.integers(1, 20))):
+        if data.draw(st.booleans()):
+            i, j = data.draw(st.sampled_from(pairs))
+            acks[(i, j)] = ship(stores[i], stores[j], acks.get((i, j), 0))
+            continue
+        i = data.draw(st.integers(0, 2))
+        key = data.draw(st.sampled_from(["k1", "k2"]))
+        type_name, op, args = data.draw(OPS)
+        try:
+            if type_name == "delete":
+                stores[i].delete(key)
+            else:
+                if type_name == "lwwmap":
+                    args = (*args[:2], 1000 + stores[i].last_seq)
+                stores[i].update(key, type_name, op, *args)
+        except CrdtUsageError:
+            pass
+    for _ in range(2):
+        for i, j in pairs:
+            acks[(i, j)] = ship(stores[i], stores[j], acks.get((i, j), 0))
+    assert stores[0].digest() == stores[1].digest() == stores[2].digest()
+    assert stores[0].seen() == stores[1].seen() == stores[2].seen()
