@@ -10,9 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .codec import to_wire
 from .store import Delta, StateStore
 
-__all__ = ["BenchResult", "run_benchmark"]
+__all__ = ["BenchResult", "format_results", "run_benchmark"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +70,9 @@ def run_benchmark(
             dst.apply_delta(d)
         apply_s = max(clock() - start, 1e-9)
         assert src.root_digest() == dst.root_digest(), name
-        state_bytes = sum(len(packb(st.to_wire())) for st in _states(src))
+        state_bytes = sum(len(packb(to_wire(state))) for state in src.state_for(src.keys()).values())
         results.append(BenchResult(name, updates, updates / local_s, delta_bytes, state_bytes, updates / apply_s))
     return results
-
-
-def _states(store: StateStore) -> list[Delta]:
-    from .causal import Dot
-
-    return [Delta(k, Dot(store.replica_id, 1), s) for k, s in store.state_for(store.keys()).items()]
 
 
 def format_results(results: list[BenchResult]) -> str:

@@ -38,7 +38,7 @@ from .maps import NESTABLE_TYPES, LWWMap, ORMap
 from .or_set import ORSet
 from .registers import LWWRegister, MVRegister
 from .tombstone import Tombstone
-from .values import INT_MAX, check_plain, element_order, is_element
+from .values import INT_MAX, canonical_bytes, check_plain, element_order, is_element
 
 __all__ = [
     "WIRE_VERSION",
@@ -159,8 +159,6 @@ def wire_size(crdt: Crdt, limits: WireLimits = DEFAULT_LIMITS) -> int:
 
 def digest(wire: list[Any]) -> bytes:
     """A 16-byte BLAKE2b digest of a `to_wire` value (equal states give equal digests)."""
-    from .values import canonical_bytes
-
     return hashlib.blake2b(canonical_bytes(wire), digest_size=16).digest()
 
 
