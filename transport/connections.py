@@ -472,6 +472,8 @@ class ConnectionManager:
         if self._closing:
             return
         self._closing = True
+        if self._loop is None:  # never started: nothing to close
+            return
         for conn in list(self._open.values()):
             if conn.state == _ACTIVE:
                 conn.flush_now()

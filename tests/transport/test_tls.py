@@ -343,6 +343,7 @@ def test_factory_builds_tls_without_io(pki) -> None:  # type: ignore[no-untyped-
     t = create_transport("tls", NodeIdentity.load(pki["a"]), LOCAL)
     assert isinstance(t, TlsTransport) and isinstance(t, Transport)
     assert t.listen_address == LOCAL  # configured address until start() binds
+    asyncio.run(t.close())  # closing a transport that never started is fine
 
 
 def test_works_on_uvloop(pki) -> None:  # type: ignore[no-untyped-def]
