@@ -82,6 +82,8 @@ MAX_SEED_CONTACTS_PER_TICK = 8
 """Seeds contacted in one seed tick."""
 MAX_PENDING_PINGS = 64
 """Reconnect / seed pings awaiting an ack; the oldest is forgotten beyond this."""
+MAX_SUSPECTS_TO_CHECK = 16
+"""Suspects (accused by others) this node probes ahead of its round-robin order."""
 MAX_OUTBOX = 100_000
 """Frames waiting for `messages_to_send`; beyond this new frames are dropped and counted."""
 MAX_EVENTS = 100_000
@@ -201,6 +203,7 @@ class NodeCore:
         self._pings: dict[int, tuple[str, str]] = {}
         self._notified_ms: dict[str, int] = {}
         self._probe: _Probe | None = None
+        self._to_check: dict[str, None] = {}
         self._seq = 0
         self._seeds: dict[str, None] = {}
         self._seed_cursor = 0
@@ -408,6 +411,9 @@ class NodeCore:
         if self._leaving:
             return
         self._send(msg.from_address, sender, Ack(msg.seq, self._piggyback(sender)))
+        if sender not in self._members and self._rate_ok(sender, now_ms):
+            # A member we never heard of probes us: its join gossip missed us. Exchange state with it.
+            self._send_push_pull(msg.from_address, sender, join=False)
 
     def _on_ack(self, sender: str, msg: Ack, now_ms: int) -> None:
         self._apply_all(msg.updates, sender, now_ms)
@@ -467,7 +473,7 @@ class NodeCore:
         c["push_pulls_served"] += 1
         if msg.join:
             c["joins_served"] += 1
-        self._merge(msg.states, sender, now_ms)
+        self._merge(msg.states, sender, now_ms, msg.join)
         self._send(msg.from_address, sender, PushPullReply(self._full_state()))
 
     def _on_push_pull_reply(self, sender: str, msg: PushPullReply, now_ms: int) -> None:
@@ -479,22 +485,30 @@ class NodeCore:
         for update in updates:
             self._apply(update, sender, now_ms)
 
-    def _merge(self, states: tuple[Update, ...], sender: str, now_ms: int) -> None:
-        """Merge a remote full state. A remote "dead" becomes a suspicion here (memberlist mergeState)."""
+    def _merge(self, states: tuple[Update, ...], sender: str, now_ms: int, join: bool = False) -> None:
+        """Merge a remote full state (memberlist mergeState): a remote "dead" becomes a suspicion here.
+
+        Merged facts are not re-gossiped (the remote side already spreads them; re-gossiping a whole
+        member list makes every join an O(N) broadcast storm), except a joiner's own entry.
+        """
         for u in states:
-            if u.kind == KIND_DEAD and u.node_id != self.node_id:
-                if u.node_id not in self._members:
+            node_id = u.node_id
+            if node_id == self.node_id:
+                self._about_me(u, sender, now_ms)
+                continue
+            if u.kind == KIND_DEAD:
+                if node_id not in self._members:
                     # Remember it (no event) so it is reconnect-probed: how healed partitions find each other.
                     self._add_gone(u, DEAD, now_ms)
                     continue
-                u = Update(KIND_SUSPECT, u.node_id, u.incarnation, u.address, sender, None)
-            elif u.kind == KIND_LEFT and u.node_id not in self._members:
+                u = Update(KIND_SUSPECT, node_id, u.incarnation, u.address, sender, None)
+            elif u.kind == KIND_LEFT and node_id not in self._members:
                 self._add_gone(u, LEFT, now_ms)
                 continue
-            self._apply(u, sender, now_ms)
+            self._apply(u, sender, now_ms, gossip=join and node_id == sender)
 
-    def _apply(self, u: Update, sender: str, now_ms: int) -> None:
-        """Apply one update through the transition table; re-gossip what was news."""
+    def _apply(self, u: Update, sender: str, now_ms: int, gossip: bool = True) -> None:
+        """Apply one update through the transition table; re-gossip what was news (if `gossip`)."""
         node_id = u.node_id
         if node_id == self.node_id:
             self._about_me(u, sender, now_ms)
@@ -503,7 +517,7 @@ class NodeCore:
         kind = u.kind
         if rec is None:
             if kind == KIND_ALIVE:
-                self._add_alive(u, now_ms)
+                self._add_alive(u, now_ms, gossip)
             else:
                 self._counters["updates_unknown_member"] += 1
             return
@@ -512,7 +526,8 @@ class NodeCore:
             if suspicion is not None and suspicion.confirm(u.origin or sender):
                 self._counters["confirmations"] += 1
                 self._push_timer(suspicion.deadline_ms, _TIMER_SUSPICION, node_id)
-                self._enqueue(u)
+                if gossip:
+                    self._enqueue(u)
             return
         result = transition(rec.state, kind, rec.incarnation, u.incarnation)
         if result is None:
@@ -530,7 +545,8 @@ class NodeCore:
             if old_state == ALIVE:
                 if changed:
                     self._emit(ev.MemberUpdated(node_id, rec.address, rec.incarnation, dict(rec.metadata)))
-                self._enqueue(u)
+                if gossip:
+                    self._enqueue(u)
                 return
         self._set_state(rec, new_state, u.origin or sender, now_ms)
         if event_type is ev.MemberAlive:
@@ -542,7 +558,8 @@ class NodeCore:
             self._emit(ev.MemberFailed(node_id, rec.incarnation))
         elif event_type is ev.MemberLeft:
             self._emit(ev.MemberLeft(node_id, rec.incarnation))
-        self._enqueue(u)
+        if gossip:
+            self._enqueue(u)
 
     def _about_me(self, u: Update, sender: str, now_ms: int) -> None:
         """Someone talks about us: refute any suspicion, death or stale alive (SWIM §4.2)."""
@@ -553,6 +570,10 @@ class NodeCore:
             if u.incarnation < me.incarnation or (u.incarnation == me.incarnation and u.address == self.address):
                 return
         elif u.incarnation < me.incarnation:
+            # A stale accusation: its carrier missed our refutation. Tell it directly (rate-limited).
+            carrier = self._members.get(sender)
+            if carrier is not None and carrier.state in _LIVE and self._rate_ok("\0" + sender, now_ms):
+                self._send(carrier.address, sender, Gossip((self._self_alive(),)))
             return
         me.incarnation = u.incarnation + 1
         self._counters["refutations"] += 1
@@ -582,10 +603,14 @@ class NodeCore:
             s = Suspicion(rec.incarnation, accuser, self._k, self._susp_min_ms, self._susp_max_ms, now_ms)
             rec.suspicion = s
             self._push_timer(s.deadline_ms, _TIMER_SUSPICION, rec.node_id)
+            if accuser != self.node_id and len(self._to_check) < MAX_SUSPECTS_TO_CHECK:
+                # Probe it next period: a live suspect hears the suspicion on our ping and refutes to us
+                # directly; a dead one gives an independent Lifeguard confirmation. No extra messages.
+                self._to_check[rec.node_id] = None
         else:
             rec.suspicion = None
 
-    def _add_alive(self, u: Update, now_ms: int) -> None:
+    def _add_alive(self, u: Update, now_ms: int, gossip: bool) -> None:
         rec = MemberRecord(u.node_id, u.address, ALIVE, u.incarnation, u.metadata, now_ms)
         self._members[u.node_id] = rec
         if u.address:
@@ -593,7 +618,8 @@ class NodeCore:
         self._live_add(u.node_id)
         self._counters["updates_applied"] += 1
         self._emit(ev.MemberJoined(u.node_id, u.address, u.incarnation, dict(rec.metadata)))
-        self._enqueue(u)
+        if gossip:
+            self._enqueue(u)
 
     def _add_gone(self, u: Update, state: str, now_ms: int) -> None:
         rec = MemberRecord(u.node_id, u.address, state, u.incarnation, None, now_ms)
@@ -627,9 +653,18 @@ class NodeCore:
         p = self.profile
         scale = self._awareness.score + 1
         self._next_probe_ms = now_ms + p.probe_interval_ms * scale
-        target = self._order.next(self._live, self._members)
+        target = None
+        while self._to_check:
+            node_id = next(iter(self._to_check))
+            del self._to_check[node_id]
+            rec = self._members.get(node_id)
+            if rec is not None and rec.state == SUSPECT:
+                target = node_id
+                break
         if target is None:
-            return
+            target = self._order.next(self._live, self._members)
+            if target is None:
+                return
         rec = self._members[target]
         seq = self._next_seq()
         self._probe = _Probe(target, rec.address, seq, now_ms + p.probe_timeout_ms * scale, now_ms + p.probe_interval_ms * scale)
@@ -676,10 +711,8 @@ class NodeCore:
 
     def _tell_accused(self, rec: MemberRecord, now_ms: int) -> None:
         """A member we hold suspect or dead talks to us: tell it, so it refutes (rate-limited per member)."""
-        last = self._notified_ms.get(rec.node_id)
-        if last is not None and now_ms - last < self.profile.probe_interval_ms:
+        if not self._rate_ok(rec.node_id, now_ms):
             return
-        self._notified_ms[rec.node_id] = now_ms
         if rec.state == DEAD:
             update = Update(KIND_DEAD, rec.node_id, rec.incarnation, rec.address, self.node_id, None)
         else:
@@ -817,6 +850,16 @@ class NodeCore:
             self._counters["events_dropped"] += 1
         self._events.append(event)
 
+    def _rate_ok(self, node_id: str, now_ms: int) -> bool:
+        """At most one unsolicited notice per member per probe interval."""
+        last = self._notified_ms.get(node_id)
+        if last is not None and now_ms - last < self.profile.probe_interval_ms:
+            return False
+        if len(self._notified_ms) >= 4 * MAX_SEEDS + len(self._members):
+            self._notified_ms.clear()
+        self._notified_ms[node_id] = now_ms
+        return True
+
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
@@ -896,4 +939,5 @@ class NodeCore:
         )
         # memberlist state.go suspectNode: no confirmations are expected when too few nodes could send them.
         self._k = p.suspicion_confirmations if n - 2 >= p.suspicion_confirmations else 0
-        self._queue.set_limit(retransmit_limit(p.retransmit_mult, n))
+        # memberlist sizes retransmits by every known node (dead ones included).
+        self._queue.set_limit(retransmit_limit(p.retransmit_mult, max(n, len(self._members))))

@@ -225,9 +225,15 @@ def _text(value: Any, limit: int, allow_empty: bool = False) -> str:
     return value
 
 
+_NO_METADATA: dict[str, str] = {}
+"""Shared empty tags (never mutated)."""
+
+
 def _metadata(value: Any) -> dict[str, str] | None:
     if value is None:
         return None
+    if not value and type(value) is dict:
+        return _NO_METADATA
     if type(value) is not dict or len(value) > MAX_METADATA_ENTRIES:
         raise FrameError("dropped_malformed", "bad metadata")
     for k, v in value.items():
@@ -252,7 +258,13 @@ def _update(raw: Any) -> Update:
         raise FrameError("dropped_malformed", "bad origin")
     if metadata is not None:
         metadata = _metadata(metadata)
-    return Update(kind, node_id, incarnation, address, origin, metadata)
+        return _new_update(Update, (kind, node_id, incarnation, address, origin, metadata))
+    if type(raw) is Update:
+        return raw
+    return _new_update(Update, raw)
+
+
+_new_update = tuple.__new__
 
 
 def _updates(raw: Any, limit: int) -> tuple[Update, ...]:
