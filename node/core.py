@@ -448,6 +448,9 @@ class NodeCore:
         c = self._counters
         if self._leaving:
             return
+        if msg.target_id == self.node_id:
+            self._send(msg.from_address, sender, Ack(msg.seq, ()))
+            return
         if len(self._relays) >= self.profile.max_relayed_probes:
             c["ping_reqs_dropped"] += 1
             return
