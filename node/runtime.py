@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from agentnode import events as ev
@@ -21,7 +21,7 @@ from agentnode.control import ControlServer
 from agentnode.core import NodeCore
 from agentnode.datadir import DataDir
 from agentnode.profiles import profile_named
-from agentnode.transport.base import Address, BackpressureError, Transport
+from agentnode.transport.base import Address, BackpressureError, FrameHandler, Transport
 from agentnode.transport.discovery import Discovery, PeerCache, discovery_for
 
 __all__ = ["Node", "NodeStopped"]
@@ -71,6 +71,8 @@ class Node:
         self._peer_cache_due_ms = 0
         self._stopped = asyncio.Event()
         self._started_at = 0.0
+        self._channels: dict[int, FrameHandler] = {}
+        self._member_listeners: list[Callable[[ev.NodeEvent], None]] = []
         self.counters: dict[str, int] = {"send_backpressure": 0, "events_dropped": 0}
 
     # -- life cycle -------------------------------------------------------------------------
@@ -209,11 +211,45 @@ class Node:
         finally:
             self._subscribers.remove(queue)
 
+    # -- how services beside the membership core plug in -------------------------------------
+
+    def add_channel(self, frame_type: int, handler: FrameHandler) -> None:
+        """Route frames `[VERSION, cluster, frame_type, ...]` to `handler` instead of the membership core.
+
+        Services (replication, Raft, messaging) each own frame types; membership keeps the rest.
+        """
+        if frame_type in self._channels:
+            raise ValueError(f"frame type {frame_type} is already routed to another service")
+        self._channels[frame_type] = handler
+
+    def add_member_listener(self, listener: Callable[[ev.NodeEvent], None]) -> None:
+        """Call `listener` with every membership event, on the loop, before event subscribers see it."""
+        self._member_listeners.append(listener)
+
+    def send_frame(self, address: str | Address, frame: Any, peer_id: str | None) -> bool:
+        """Queue a service's frame on the transport; False (and counted) when the peer's queue is full."""
+        transport = self._require_transport()
+        try:
+            transport.send(address if isinstance(address, Address) else Address.parse(address), frame, peer_id)
+        except BackpressureError:
+            self.counters["send_backpressure"] += 1
+            return False
+        return True
+
+    def now_ms(self) -> int:
+        """The node's monotonic clock in integer milliseconds: what services pass to their cores."""
+        return self._now_ms()
+
     # -- the adapter loop: feed, drain, re-arm ------------------------------------------------
 
     def _on_frame(self, sender_id: str, frame: Any) -> None:
         if self._core is None or self._stopped.is_set():
             return
+        if self._channels and type(frame) is list and len(frame) > 2:
+            handler = self._channels.get(frame[2])
+            if handler is not None:
+                handler(sender_id, frame)
+                return
         self._core.receive(sender_id, frame, self._now_ms())
         self._schedule_pump()
 
@@ -271,6 +307,11 @@ class Node:
             self._persist(incarnation=event.incarnation)
         elif isinstance(event, (ev.MemberJoined, ev.MemberAlive, ev.MemberSuspected, ev.MemberFailed, ev.MemberLeft)):
             log.info("%s %s", type(event).__name__, getattr(event, "node_id", ""))
+        for listener in self._member_listeners:
+            try:
+                listener(event)
+            except Exception:  # one faulty service must not stop membership
+                log.exception("member listener %r failed on %s", listener, type(event).__name__)
         for queue in self._subscribers:
             if queue.full():
                 queue.get_nowait()
