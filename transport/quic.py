@@ -98,6 +98,10 @@ UDP_BUFFER_BYTES = 4 << 20
 FLOW_WINDOW_BYTES = 1 << 20
 """Bytes a sender may write ahead of the receiving node: ~4096 frames of 256 B, the in-flight bound
 of the transport baseline; raised to two maximum frames when those are larger."""
+RECV_BATCH_MAX = 64
+"""Datagrams read per readiness callback, so one busy socket cannot starve the loop's timers."""
+RECV_DATAGRAM_BYTES_MAX = 65535
+"""Largest UDP payload; aioquic never sends more than its max_datagram_size, but a peer might."""
 HANDSHAKE_RECORD_BYTES_MAX = 16 << 10
 """An auth record holds a ~600-byte Ed25519 certificate and a 64-byte signature; more is garbage."""
 QUIC_IDLE_MARGIN_S = 5.0
@@ -211,19 +215,6 @@ class _Link:
         self._owner._abort(self, ERROR_ABORTED, "aborted")
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    """The UDP socket's protocol: every datagram goes to the transport's demultiplexer."""
-
-    def __init__(self, owner: QuicTransport) -> None:
-        self._owner = owner
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self._owner._datagram_received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        logger.debug("QUIC UDP socket error: %s", exc)
-
-
 class QuicTransport:
     """`Transport` over QUIC (aioquic) with in-channel client authentication. The constructor does no I/O."""
 
@@ -241,7 +232,7 @@ class QuicTransport:
         self._window = max(FLOW_WINDOW_BYTES, 2 * (self.config.max_frame_bytes + 4))
         self._manager = ConnectionManager(identity.node_id, self.config, rng or random.Random(), self._dial)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._udp: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._bound: Address | None = None
         self._family = socket.AF_INET
         self._accepting = False
@@ -284,7 +275,8 @@ class QuicTransport:
         self._cert_der = identity.certificate().public_bytes(serialization.Encoding.DER)
         sock = self._bind()
         self._loop = loop
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Endpoint(self), sock=sock)
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._readable)
         self._bound = Address(self._listen.host, sock.getsockname()[1])
         self._manager.start(loop)
         self._accepting = True
@@ -300,7 +292,7 @@ class QuicTransport:
 
     async def close(self) -> None:
         """Drain through the manager (BYE handshake, bounded by `close_grace_ms`), then close the socket."""
-        if self._loop is None or self._udp is None:
+        if self._loop is None or self._sock is None:
             return
         self._accepting = False
         await self._manager.close()
@@ -308,8 +300,9 @@ class QuicTransport:
             self._abort(link, ERROR_ABORTED, "shutting down")
         for link in list(self._links.values()):
             self._forget(link, None)
-        self._udp.close()
-        self._udp = None
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._sock = None
 
     # -- dialling (the manager's Dialer) -------------------------------------------------------
 
@@ -376,21 +369,43 @@ class QuicTransport:
 
     # -- datagrams and QUIC events -----------------------------------------------------------
 
-    def _datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+    def _readable(self) -> None:
+        """Read a batch of datagrams, feed each to its connection, then transmit once per connection.
+
+        Reading the socket directly (not through a DatagramTransport, which reads one datagram per
+        loop turn) lets one transmit pass, and so one ACK, answer a whole burst.
+        """
+        sock, loop = self._sock, self._loop
+        assert sock is not None and loop is not None
+        touched: dict[int, _Link] = {}
+        for _ in range(RECV_BATCH_MAX):
+            try:
+                data, addr = sock.recvfrom(RECV_DATAGRAM_BYTES_MAX)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. an ICMP error reported on the socket; the next read goes on
+                logger.debug("QUIC UDP receive error: %s", exc)
+                break
+            link = self._datagram_received(data, addr, loop.time())
+            if link is not None:
+                touched[link.serial] = link
+        for link in touched.values():
+            self._transmit(link)
+
+    def _datagram_received(self, data: bytes, addr: tuple[Any, ...], now: float) -> _Link | None:
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_BYTES)
         except ValueError:
-            return
+            return None
         link = self._cids.get(header.destination_cid)
         if link is None:
             if (not self._accepting or header.packet_type != QuicPacketType.INITIAL
                     or len(data) < MIN_INITIAL_DATAGRAM_BYTES or header.version != QuicProtocolVersion.VERSION_1):
-                return
+                return None
             link = self._accept(header.destination_cid, addr)
-        assert self._loop is not None
-        link.quic.receive_datagram(data, addr, now=self._loop.time())
+        link.quic.receive_datagram(data, addr, now=now)
         self._process_events(link)
-        self._transmit(link)
+        return link
 
     def _accept(self, original_cid: bytes, addr: tuple[Any, ...]) -> _Link:
         """A client's first Initial: create the server side (refused at once beyond `handshakes_max`)."""
@@ -710,12 +725,17 @@ class QuicTransport:
     def _transmit(self, link: _Link) -> None:
         """Send what aioquic has ready and re-arm the connection's one timer (as aioquic's asyncio adapter)."""
         link.transmit_scheduled = False
-        udp, loop = self._udp, self._loop
-        if udp is None or loop is None or link.serial not in self._links:
+        sock, loop = self._sock, self._loop
+        if sock is None or loop is None or link.serial not in self._links:
             return
         quic = link.quic
         for data, addr in quic.datagrams_to_send(now=loop.time()):
-            udp.sendto(data, addr)
+            try:
+                sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                pass  # socket buffer full: a lost datagram, which QUIC's loss recovery repairs
+            except OSError as exc:
+                logger.debug("QUIC UDP send to %s failed: %s", addr, exc)
         timer_at = quic.get_timer()
         if link.timer is not None and link.timer_at != timer_at:
             link.timer.cancel()
