@@ -55,7 +55,6 @@ __all__ = [
     "RegistryDigest",
     "RegistrySet",
     "RejectEntry",
-    "Rejects",
     "STATUS_HEALTHY",
     "STATUS_UNHEALTHY",
     "STATUSES",
@@ -155,7 +154,6 @@ _T_REGISTRY_DIGEST = 32
 _T_REGISTRY_SET = 33
 _T_BATCH = 40
 _T_ACKS = 41
-_T_REJECTS = 42
 _T_GOSSIP = 48
 _T_IHAVE = 49
 _T_GRAFT = 50
@@ -256,15 +254,21 @@ class RegistrySet:
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One message inside a `Batch`."""
+    """One message inside a `Batch`. Reliable messages travel on a channel (sender node, dest agent, priority)."""
 
+    session: int
+    """Channel incarnation, unique and increasing per sender node (epoch-based); 0 for best-effort."""
     seq: int
     """Channel sequence number (1, 2, ...); 0 for best-effort messages, which have no channel."""
+    floor: int
+    """Lowest seq the sender still tracks: the receiver may skip missing seqs below it (RFC 3758 FORWARD-TSN)."""
     msg_id: MessageId
     kind: int
     """KIND_DATA, KIND_REQUEST, KIND_RESPONSE or KIND_ERROR."""
     dest_agent: str
+    """Receiving agent ("" for a response to a node-level caller)."""
     src_agent: str
+    """Sending agent ("" for a node-level caller)."""
     priority: int
     ttl_ms: int
     """Remaining time to live when sent; 0 means none."""
@@ -277,10 +281,8 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Messages from one node to another; channel state is keyed by (sender, dest agent, priority)."""
+    """Messages from one node to another, most urgent priority first."""
 
-    session: int
-    """The sender's boot epoch: a higher session resets the receiver's channels from this sender."""
     envelopes: tuple[Envelope, ...]
 
 
@@ -296,11 +298,6 @@ class AckEntry(NamedTuple):
     """Seqs above `upto` already buffered."""
 
 
-@dataclass(frozen=True, slots=True)
-class Acks:
-    entries: tuple[AckEntry, ...]
-
-
 class RejectEntry(NamedTuple):
     """A message the receiver did not hand to a handler, and why."""
 
@@ -309,14 +306,17 @@ class RejectEntry(NamedTuple):
     priority: int
     session: int
     seq: int
-    """Channel seq, 0 for best-effort or for a drop after acceptance."""
+    """Channel seq; 0 for best-effort or for a drop after acceptance (late notice)."""
     reason: int
     detail: str
 
 
 @dataclass(frozen=True, slots=True)
-class Rejects:
-    entries: tuple[RejectEntry, ...]
+class Acks:
+    """Acknowledgements and rejects together, so a reject is never lost while its covering ack arrives."""
+
+    entries: tuple[AckEntry, ...]
+    rejects: tuple[RejectEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +368,7 @@ class BroadcastDisconnect:
 
 
 AgentMessage = Union[
-    RegistryDigest, RegistrySet, Batch, Acks, Rejects, BroadcastGossip, BroadcastIHave, BroadcastGraft,
+    RegistryDigest, RegistrySet, Batch, Acks, BroadcastGossip, BroadcastIHave, BroadcastGraft,
     BroadcastPrune, BroadcastNeighbor, BroadcastNeighborReply, BroadcastDisconnect,
 ]
 
@@ -403,17 +403,15 @@ def encode(message: AgentMessage, cluster: str) -> list[Any]:
     m: Any = message
     t = type(message)
     if t is Batch:
-        return head + [_T_BATCH, m.session, [
-            [e.seq, _mid(e.msg_id), e.kind, e.dest_agent, e.src_agent, e.priority, e.ttl_ms, e.flags,
-             None if e.correlation is None else _mid(e.correlation), e.payload]
+        return head + [_T_BATCH, [
+            [e.session, e.seq, e.floor, _mid(e.msg_id), e.kind, e.dest_agent, e.src_agent, e.priority, e.ttl_ms,
+             e.flags, None if e.correlation is None else _mid(e.correlation), e.payload]
             for e in m.envelopes
         ]]
     if t is Acks:
-        return head + [_T_ACKS, [[a.dest_agent, a.priority, a.session, a.upto, list(a.selective)] for a in m.entries]]
-    if t is Rejects:
-        return head + [_T_REJECTS, [
-            [_mid(r.msg_id), r.dest_agent, r.priority, r.session, r.seq, r.reason, r.detail] for r in m.entries
-        ]]
+        return head + [_T_ACKS, [[a.dest_agent, a.priority, a.session, a.upto, list(a.selective)] for a in m.entries],
+                       [[_mid(r.msg_id), r.dest_agent, r.priority, r.session, r.seq, r.reason, r.detail]
+                        for r in m.rejects]]
     if t is RegistryDigest:
         return head + [_T_REGISTRY_DIGEST, m.reply, [list(e) for e in m.entries]]
     if t is RegistrySet:
@@ -575,50 +573,47 @@ def _decode_set(f: Any) -> RegistrySet:
 
 
 def _envelope(raw: Any) -> Envelope:
-    e = _array(raw, 10)
-    if len(e) != 10:
+    e = _array(raw, 12)
+    if len(e) != 12:
         raise _bad("bad envelope")
-    kind = _int(e[2], KIND_ERROR)
-    corr = None if e[8] is None else _msg_id(e[8])
+    kind = _int(e[4], KIND_ERROR)
+    corr = None if e[10] is None else _msg_id(e[10])
     if (kind in (KIND_RESPONSE, KIND_ERROR)) != (corr is not None):
         raise _bad("responses and only responses carry a correlation id")
+    session, seq, floor = _int(e[0]), _int(e[1]), _int(e[2])
+    if (session == 0) != (seq == 0) or floor > seq:
+        raise _bad("bad channel position")
     return Envelope(
-        seq=_int(e[0]), msg_id=_msg_id(e[1]), kind=kind,
-        dest_agent=_text(e[3], MAX_AGENT_ID_CHARS, allow_empty=False), src_agent=_text(e[4], MAX_AGENT_ID_CHARS),
-        priority=_int(e[5], PRIORITY_LOW), ttl_ms=_int(e[6], MAX_TTL_MS), flags=_int(e[7], _FLAGS_ALL),
-        correlation=corr, payload=_bytes(e[9]),
+        session=session, seq=seq, floor=floor, msg_id=_msg_id(e[3]), kind=kind,
+        dest_agent=_text(e[5], MAX_AGENT_ID_CHARS), src_agent=_text(e[6], MAX_AGENT_ID_CHARS),
+        priority=_int(e[7], PRIORITY_LOW), ttl_ms=_int(e[8], MAX_TTL_MS), flags=_int(e[9], _FLAGS_ALL),
+        correlation=corr, payload=_bytes(e[11]),
     )
 
 
 def _decode_batch(f: Any) -> Batch:
-    _exact(f, 5)
-    return Batch(_int(f[3]), tuple(_envelope(e) for e in _array(f[4], MAX_ENVELOPES_PER_BATCH)))
+    _exact(f, 4)
+    return Batch(tuple(_envelope(e) for e in _array(f[3], MAX_ENVELOPES_PER_BATCH)))
 
 
 def _decode_acks(f: Any) -> Acks:
-    _exact(f, 4)
+    _exact(f, 5)
     out = []
     for raw in _array(f[3], MAX_ACK_ENTRIES):
         a = _array(raw, 5)
         if len(a) != 5:
             raise _bad("bad ack entry")
         sel = tuple(_int(s) for s in _array(a[4], MAX_SELECTIVE_ACKS))
-        out.append(AckEntry(_text(a[0], MAX_AGENT_ID_CHARS, allow_empty=False), _int(a[1], PRIORITY_LOW),
-                            _int(a[2]), _int(a[3]), sel))
-    return Acks(tuple(out))
-
-
-def _decode_rejects(f: Any) -> Rejects:
-    _exact(f, 4)
-    out = []
-    for raw in _array(f[3], MAX_ACK_ENTRIES):
+        out.append(AckEntry(_text(a[0], MAX_AGENT_ID_CHARS), _int(a[1], PRIORITY_LOW), _int(a[2]), _int(a[3]), sel))
+    rejects = []
+    for raw in _array(f[4], MAX_ACK_ENTRIES):
         r = _array(raw, 7)
         if len(r) != 7:
             raise _bad("bad reject entry")
         reason = _int(r[5], max(REASONS), 1)
-        out.append(RejectEntry(_msg_id(r[0]), _text(r[1], MAX_AGENT_ID_CHARS, allow_empty=False),
-                               _int(r[2], PRIORITY_LOW), _int(r[3]), _int(r[4]), reason, _text(r[6], MAX_ERROR_CHARS)))
-    return Rejects(tuple(out))
+        rejects.append(RejectEntry(_msg_id(r[0]), _text(r[1], MAX_AGENT_ID_CHARS), _int(r[2], PRIORITY_LOW),
+                                   _int(r[3]), _int(r[4]), reason, _text(r[6], MAX_ERROR_CHARS)))
+    return Acks(tuple(out), tuple(rejects))
 
 
 def _decode_gossip(f: Any) -> BroadcastGossip:
@@ -667,7 +662,6 @@ _DECODERS = {
     _T_REGISTRY_SET: _decode_set,
     _T_BATCH: _decode_batch,
     _T_ACKS: _decode_acks,
-    _T_REJECTS: _decode_rejects,
     _T_GOSSIP: _decode_gossip,
     _T_IHAVE: _decode_ihave,
     _T_GRAFT: _decode_graft,

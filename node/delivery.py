@@ -1,0 +1,961 @@
+"""Unicast delivery between agents: channels, acks, retries, dedup, TTL, priority, inbox backpressure,
+request/response correlation. Sans-I/O; the runtime resolves agent ids to nodes through the registry.
+
+Guarantees (docs/protocols/messaging.md states them for users):
+- **best-effort**: sent once, no ack; rejections (unknown agent, full inbox) still come back as events.
+- **at-least-once**: acked; retransmitted with exponential backoff and jitter until acked, at most
+  `max_attempts` times (then `NodeUnreachable`); the receiver's channel state (cumulative seq + reorder
+  buffer) is the dedup window, so a handler sees each message once.
+- **durable**: as at-least-once, but never given up for lack of acks (only by TTL), paused while the
+  node is down, and deduplicated by message id at the receiver as well (the id survives a sender
+  restart because the runtime stores it in the outbox before `send` returns).
+- **ordering**: FIFO per channel = (sender node, receiving agent, priority class): among the messages
+  of one channel that are handed to the handler, the order is the send order. Messages the sender
+  gave up on (TTL, unreachable) are skipped, never reordered (the sender's `floor`, RFC 3758 style).
+  Priorities are separate channels: a high-priority message overtakes normal ones.
+- **backpressure**: `send` raises `SendQueueFull` when the sender's bounded queues are full; a full
+  receiving inbox rejects with `Backpressure`, or, with `wait_if_full`, holds the channel and retries
+  until the message's TTL. Never a silent drop: every message ends in exactly one outcome event
+  (`MessageDelivered` or a failure), except that a late `Expired` notice may follow `MessageDelivered`
+  when the message expired in the receiver's inbox before a handler took it.
+- **ack meaning**: "accepted into the receiving agent's inbox". A failure without `confirmed` (timeouts)
+  means "not confirmed": the message may still have been handled.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Union
+
+import heapq
+
+from agentnode.agent_messages import (
+    FLAG_DURABLE,
+    FLAG_WAIT_IF_FULL,
+    KIND_DATA,
+    KIND_ERROR,
+    KIND_REQUEST,
+    KIND_RESPONSE,
+    MAX_ACK_ENTRIES,
+    MAX_ENVELOPES_PER_BATCH,
+    MAX_ERROR_CHARS,
+    MAX_PAYLOAD_BYTES,
+    MAX_SELECTIVE_ACKS,
+    MAX_TTL_MS,
+    PRIORITIES,
+    PRIORITY_NORMAL,
+    REASON_BACKPRESSURE,
+    REASON_BUSY,
+    REASON_EXPIRED,
+    REASON_UNKNOWN_AGENT,
+    AckEntry,
+    Acks,
+    Batch,
+    Envelope,
+    FrameError,
+    MessageId,
+    Outgoing,
+    RejectEntry,
+    decode,
+    encode,
+)
+from agentnode.routing import LivePeers
+
+__sans_io__ = True
+
+__all__ = [
+    "Backpressure",
+    "DeadlineExceeded",
+    "Delivery",
+    "DeliveryConfig",
+    "DeliveryError",
+    "DeliveryEvent",
+    "Expired",
+    "HandlerError",
+    "Incoming",
+    "MessageDelivered",
+    "MessageFailed",
+    "MODES",
+    "NodeUnreachable",
+    "ResponseReceived",
+    "SendQueueFull",
+    "UnknownAgent",
+]
+
+BEST_EFFORT = "best_effort"
+AT_LEAST_ONCE = "at_least_once"
+DURABLE = "durable"
+MODES = (BEST_EFFORT, AT_LEAST_ONCE, DURABLE)
+
+MAX_EVENTS = 1_000_000
+"""Events waiting for `next_event`; beyond this the oldest are dropped and counted (a runtime bug if hit)."""
+MAX_REJECTS_REMEMBERED = 64
+"""Rejects per receive channel kept to answer retransmissions of a rejected message the same way."""
+MAX_DURABLE_SENDERS = 10_000
+"""Sender nodes whose durable message ids are remembered."""
+MAX_PENDING_REQUESTS = 1_000_000
+"""Requests awaiting a response; `request` raises SendQueueFull beyond this."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """Delivery knobs. Durations in integer milliseconds."""
+
+    initial_rto_ms: int = 200
+    """First retransmission timeout (RFC 6298 uses 1 s for the open Internet; LAN round trips are ~1 ms)."""
+    max_rto_ms: int = 5_000
+    """Backoff cap (RFC 6298 §2.5 allows a cap of at least 60 s; we favour fast recovery on a LAN)."""
+    jitter: float = 0.25
+    """Each timeout is scaled by a uniform factor in [1 - jitter, 1 + jitter] (avoids retry storms)."""
+    max_attempts: int = 8
+    """Transmissions of an at-least-once message before it fails with NodeUnreachable (durable: unlimited)."""
+    window: int = 256
+    """Unacknowledged messages in flight per channel."""
+    channel_queue: int = 4_096
+    """Messages waiting behind the window per channel; `send` raises SendQueueFull beyond it."""
+    total_queue: int = 200_000
+    """Messages tracked (queued + in flight) across all channels."""
+    max_batch: int = 256
+    """Messages per data frame."""
+    reorder_buffer: int = 512
+    """Out-of-order messages a receive channel holds (must be >= window)."""
+    inbox_capacity: int = 1_024
+    """Default bounded inbox per local agent."""
+    channel_idle_ms: int = 600_000
+    """An idle, empty channel is forgotten after this long; must exceed the longest retry span."""
+    durable_dedup: int = 8_192
+    """Durable message ids remembered per sender node."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial_rto_ms <= self.max_rto_ms:
+            raise ValueError("need 0 < initial_rto_ms <= max_rto_ms")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError("jitter must be in [0, 1)")
+        if self.max_attempts < 1 or self.window < 1 or self.channel_queue < 0 or self.total_queue < 1:
+            raise ValueError("max_attempts, window and total_queue must be positive")
+        if not 1 <= self.max_batch <= MAX_ENVELOPES_PER_BATCH:
+            raise ValueError(f"max_batch must be in 1..{MAX_ENVELOPES_PER_BATCH}")
+        if self.reorder_buffer < self.window:
+            raise ValueError("reorder_buffer must be >= window, or in-window messages would be dropped")
+        if self.inbox_capacity < 1 or self.durable_dedup < 1:
+            raise ValueError("inbox_capacity and durable_dedup must be positive")
+        if self.channel_idle_ms < self.max_rto_ms * self.max_attempts:
+            raise ValueError("channel_idle_ms must exceed max_rto_ms * max_attempts (the longest retry span)")
+
+
+# -- events ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message for a local agent: hand it to the agent's inbox, then call `release` when taken out."""
+
+    msg_id: MessageId
+    sender_node: str
+    src_agent: str
+    dest_agent: str
+    kind: int
+    """KIND_DATA or KIND_REQUEST (answer a request with `respond`)."""
+    priority: int
+    payload: bytes
+    expires_ms: int | None
+    """Local time after which the message is stale (call `drop_expired` instead of handling it)."""
+    reliable: bool
+    """False for best-effort messages."""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDelivered:
+    """The receiving node accepted the message into the agent's inbox (ack)."""
+
+    msg_id: MessageId
+    dest_node: str
+    dest_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """The answer to request `request_id`."""
+
+    request_id: MessageId
+    dest_node: str
+    from_agent: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownAgent:
+    """No such agent on the destination node."""
+
+    msg_id: MessageId
+    dest_node: str
+    dest_agent: str
+    detail: str
+    confirmed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUnreachable:
+    """The destination node is not a live member, or never acknowledged."""
+
+    msg_id: MessageId
+    dest_node: str
+    dest_agent: str
+    detail: str
+    confirmed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineExceeded:
+    """The request got no response before its deadline."""
+
+    msg_id: MessageId
+    dest_node: str
+    dest_agent: str
+    detail: str
+    confirmed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerError:
+    """The remote handler raised; `detail` is its error text."""
+
+    msg_id: MessageId
+    dest_node: str
+    dest_agent: str
+    detail: str
+    confirmed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Backpressure:
+    """The receiving agent's inbox was full (and stayed full until the TTL, with wait_if_full)."""
+
+    msg_id: MessageId
+    dest_node: str
+    dest_agent: str
+    detail: str
+    confirmed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """The message's TTL ran out before a handler took it."""
+
+    msg_id: MessageId
+    dest_node: str
+    dest_agent: str
+    detail: str
+    confirmed: bool = False
+
+
+MessageFailed = Union[UnknownAgent, NodeUnreachable, DeadlineExceeded, HandlerError, Backpressure, Expired]
+DeliveryEvent = Union[Incoming, MessageDelivered, ResponseReceived, MessageFailed]
+
+_REASON_EVENT: dict[int, Any] = {
+    REASON_UNKNOWN_AGENT: UnknownAgent,
+    REASON_BACKPRESSURE: Backpressure,
+    REASON_EXPIRED: Expired,
+}
+
+
+class DeliveryError(Exception):
+    """A failure outcome raised to a caller (the runtime raises this from `send`/`request` awaits)."""
+
+    def __init__(self, outcome: MessageFailed) -> None:
+        super().__init__(f"{type(outcome).__name__}: {outcome.detail} (agent {outcome.dest_agent!r} on {outcome.dest_node})")
+        self.outcome = outcome
+
+
+class SendQueueFull(Exception):
+    """Local backpressure: this node's send queues are full. Wait (see `capacity`) or fail the caller."""
+
+
+# -- internal state -----------------------------------------------------------------------------------
+
+_QUEUED, _INFLIGHT, _DONE = 0, 1, 2
+_T_RETRY, _T_TTL, _T_REQUEST, _T_SWEEP = 0, 1, 2, 3
+
+
+class _Msg:
+    __slots__ = ("msg_id", "dest_node", "dest_agent", "src_agent", "kind", "priority", "flags", "correlation",
+                 "payload", "durable", "reliable", "expires_ms", "seq", "state", "attempts", "retry_at", "sacked", "busy", "channel")
+
+    def __init__(self, msg_id: MessageId, dest_node: str, dest_agent: str, src_agent: str, kind: int, priority: int,
+                 flags: int, correlation: MessageId | None, payload: bytes, durable: bool, expires_ms: int | None) -> None:
+        self.msg_id = msg_id
+        self.dest_node = dest_node
+        self.dest_agent = dest_agent
+        self.src_agent = src_agent
+        self.kind = kind
+        self.priority = priority
+        self.flags = flags
+        self.correlation = correlation
+        self.payload = payload
+        self.durable = durable
+        self.reliable = True
+        self.expires_ms = expires_ms
+        self.seq = 0
+        self.state = _QUEUED
+        self.attempts = 0
+        self.retry_at = 0
+        self.sacked = False
+        self.busy = False
+        self.channel: _SendChannel | None = None
+
+
+class _SendChannel:
+    __slots__ = ("key", "session", "next_seq", "queue", "inflight", "last_ms")
+
+    def __init__(self, key: tuple[str, str, int], session: int, now_ms: int) -> None:
+        self.key = key
+        self.session = session
+        self.next_seq = 1
+        self.queue: deque[_Msg] = deque()
+        self.inflight: dict[int, _Msg] = {}
+        self.last_ms = now_ms
+
+    def floor(self) -> int:
+        return next(iter(self.inflight)) if self.inflight else self.next_seq
+
+
+class _RecvChannel:
+    __slots__ = ("session", "upto", "buffer", "rejected", "last_ms")
+
+    def __init__(self, session: int, now_ms: int) -> None:
+        self.session = session
+        self.upto = 0
+        self.buffer: dict[int, Envelope] = {}
+        self.rejected: dict[int, RejectEntry] = {}
+        self.last_ms = now_ms
+
+
+class _Pending:
+    __slots__ = ("msg", "deadline_ms")
+
+    def __init__(self, msg: _Msg, deadline_ms: int) -> None:
+        self.msg = msg
+        self.deadline_ms = deadline_ms
+
+
+_COUNTERS = (
+    "frames_sent", "frames_received", "dropped_malformed", "dropped_wrong_cluster", "dropped_version",
+    "events_dropped", "sent", "sent_best_effort", "transmissions", "retransmissions", "delivered_acks",
+    "failed", "send_queue_full", "acks_stale", "rejects_received", "received", "delivered", "duplicates",
+    "durable_duplicates", "reordered", "reorder_overflow", "skipped", "stale_session", "rejected_unknown_agent",
+    "rejected_backpressure", "busy", "late_responses", "responses", "expired_in_inbox", "channels_swept",
+)
+
+
+class Delivery:
+    """The sans-I/O delivery core for one node. API calls, `receive`, `handle_timer`; drain outputs."""
+
+    def __init__(self, node_id: str, *, cluster: str, epoch: int, rng: random.Random,
+                 config: DeliveryConfig | None = None) -> None:
+        if not isinstance(epoch, int) or not 0 <= epoch < 2**30:
+            raise ValueError("epoch must be an int in 0..2**30-1, strictly greater after every restart (persist it)")
+        if not isinstance(rng, random.Random):
+            raise ValueError("rng must be a random.Random (seeded by the caller)")
+        self.node_id = node_id
+        self.cluster = cluster
+        self.epoch = epoch
+        self.config = config or DeliveryConfig()
+        self._rng = rng
+        self._peers = LivePeers()
+        self._counter = 0
+        self._session = epoch << 32
+        self._send: dict[tuple[str, str, int], _SendChannel] = {}
+        self._by_node: dict[str, dict[tuple[str, str, int], None]] = {}
+        self._tracked = 0
+        self._recv: dict[tuple[str, str, int], _RecvChannel] = {}
+        self._durable_seen: dict[str, dict[MessageId, None]] = {}
+        self._inbox: dict[str, int] = {}
+        self._capacity: dict[str, int] = {}
+        self._requests: dict[MessageId, _Pending] = {}
+        self._staged: dict[str, list[Envelope]] = {}
+        self._ack_due: dict[str, dict[tuple[str, str, int], None]] = {}
+        self._rejects: dict[str, list[RejectEntry]] = {}
+        self._timers: list[tuple[int, int, int, Any]] = []
+        self._timer_seq = 0
+        self._sweep_at: int | None = None
+        self._events: deque[DeliveryEvent] = deque()
+        self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
+
+    # -- membership ------------------------------------------------------------------------------
+
+    def member_up(self, node_id: str, address: str, now_ms: int) -> None:
+        """`node_id` is alive at `address`: paused durable channels to it resume at once."""
+        if node_id == self.node_id:
+            return
+        if not self._peers.add(node_id, address):
+            return
+        for key in list(self._by_node.get(node_id, ())):
+            ch = self._send[key]
+            for m in list(ch.inflight.values()):
+                self._stage(m, now_ms)
+            self._pump_channel(ch, now_ms)
+
+    def member_suspect(self, node_id: str, now_ms: int) -> None:
+        self._peers.set_suspect(node_id, True)
+
+    def member_down(self, node_id: str, now_ms: int) -> None:
+        """`node_id` is dead or gone: its non-durable messages and requests fail with NodeUnreachable."""
+        self._peers.remove(node_id)
+        self._staged.pop(node_id, None)
+        for key in list(self._by_node.get(node_id, ())):
+            ch = self._send[key]
+            for m in list(ch.inflight.values()) + list(ch.queue):
+                if not m.durable and m.state != _DONE:
+                    self._fail(m, NodeUnreachable, f"node {node_id} was declared dead", now_ms, prompt=False)
+            if not ch.inflight and not any(m.state != _DONE for m in ch.queue):
+                self._drop_channel(ch)
+        for pending in [p for p in self._requests.values() if p.msg.dest_node == node_id]:
+            self._requests.pop(pending.msg.msg_id, None)
+            self._emit(NodeUnreachable(pending.msg.msg_id, node_id, pending.msg.dest_agent,
+                                       f"node {node_id} was declared dead before it answered"))
+
+    # -- local agents' inboxes ---------------------------------------------------------------------
+
+    def open_inbox(self, agent_id: str, capacity: int | None = None) -> None:
+        """Accept messages for `agent_id` on this node (call when it registers)."""
+        cap = self.config.inbox_capacity if capacity is None else capacity
+        if cap < 1:
+            raise ValueError("inbox capacity must be at least 1")
+        self._capacity[agent_id] = cap
+        self._inbox.setdefault(agent_id, 0)
+
+    def close_inbox(self, agent_id: str) -> None:
+        """Stop accepting messages for `agent_id`; later ones are rejected as UnknownAgent."""
+        self._capacity.pop(agent_id, None)
+        self._inbox.pop(agent_id, None)
+
+    def release(self, agent_id: str, count: int = 1) -> None:
+        """`count` messages left the agent's inbox (a handler took them)."""
+        if agent_id in self._inbox:
+            self._inbox[agent_id] = max(0, self._inbox[agent_id] - count)
+
+    def inbox_size(self, agent_id: str) -> int:
+        return self._inbox.get(agent_id, 0)
+
+    def drop_expired(self, incoming: Incoming, now_ms: int) -> None:
+        """The runtime found `incoming` stale in the inbox: free its slot and tell the sender (Expired)."""
+        self.release(incoming.dest_agent)
+        self.counters["expired_in_inbox"] += 1
+        detail = "expired in the receiving agent's inbox before a handler took it"
+        if incoming.sender_node == self.node_id:
+            self._emit(Expired(incoming.msg_id, self.node_id, incoming.dest_agent, detail, True))
+            self._requests.pop(incoming.msg_id, None)
+            return
+        self._reject(incoming.sender_node, RejectEntry(incoming.msg_id, incoming.dest_agent, incoming.priority, 0, 0,
+                                                       REASON_EXPIRED, detail))
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def send(self, dest_node: str, dest_agent: str, payload: bytes, now_ms: int, *, src_agent: str = "",
+             mode: str = AT_LEAST_ONCE, priority: int = PRIORITY_NORMAL, ttl_ms: int = 0,
+             wait_if_full: bool = False, msg_id: MessageId | None = None) -> MessageId:
+        """Queue a one-way message; its outcome arrives as an event. Raises SendQueueFull or ValueError."""
+        return self._submit(dest_node, dest_agent, payload, now_ms, KIND_DATA, None, src_agent, mode, priority,
+                            ttl_ms, wait_if_full, msg_id)
+
+    def request(self, dest_node: str, dest_agent: str, payload: bytes, now_ms: int, *, timeout_ms: int,
+                src_agent: str = "", mode: str = AT_LEAST_ONCE, priority: int = PRIORITY_NORMAL,
+                wait_if_full: bool = False) -> MessageId:
+        """Send a request; expect ResponseReceived, HandlerError or another failure event with its id."""
+        if not isinstance(timeout_ms, int) or not 0 < timeout_ms <= MAX_TTL_MS:
+            raise ValueError(f"timeout_ms must be an int in 1..{MAX_TTL_MS}")
+        if len(self._requests) >= MAX_PENDING_REQUESTS:
+            self.counters["send_queue_full"] += 1
+            raise SendQueueFull(f"{MAX_PENDING_REQUESTS} requests are pending; wait for answers")
+        return self._submit(dest_node, dest_agent, payload, now_ms, KIND_REQUEST, None, src_agent, mode, priority,
+                            timeout_ms, wait_if_full, None)
+
+    def respond(self, request: Incoming, payload: bytes, now_ms: int, *, error: str | None = None) -> MessageId:
+        """Answer `request` with `payload`, or with the handler's `error` text (the requester gets HandlerError)."""
+        if request.kind != KIND_REQUEST:
+            raise ValueError("respond() answers requests only (Incoming.kind == KIND_REQUEST)")
+        if error is not None:
+            payload = error[:MAX_ERROR_CHARS].encode("utf-8", "replace")[:MAX_ERROR_CHARS]
+        mode = AT_LEAST_ONCE if request.reliable else BEST_EFFORT
+        return self._submit(request.sender_node, request.src_agent, payload, now_ms,
+                            KIND_ERROR if error is not None else KIND_RESPONSE, request.msg_id, request.dest_agent,
+                            mode, request.priority, 0, False, None)
+
+    def capacity(self, dest_node: str, dest_agent: str, priority: int = PRIORITY_NORMAL) -> int:
+        """How many more messages `send` accepts for that channel right now."""
+        ch = self._send.get((dest_node, dest_agent, priority))
+        used = 0 if ch is None else len(ch.inflight) + len(ch.queue)
+        return max(0, min(self.config.window + self.config.channel_queue - used, self.config.total_queue - self._tracked))
+
+    def pending_requests(self) -> int:
+        return len(self._requests)
+
+    # -- core shape ----------------------------------------------------------------------------------
+
+    def receive(self, sender_id: str, frame: Any, now_ms: int) -> None:
+        """One data or ack frame from the authenticated `sender_id`; garbage is counted and dropped."""
+        self.counters["frames_received"] += 1
+        try:
+            msg = decode(frame, self.cluster)
+        except FrameError as exc:
+            self.counters[exc.counter] += 1
+            return
+        if sender_id == self.node_id:
+            self.counters["dropped_malformed"] += 1
+            return
+        if type(msg) is Batch:
+            self._on_batch(sender_id, msg, now_ms)
+        elif type(msg) is Acks:
+            self._on_acks(sender_id, msg, now_ms)
+        else:
+            self.counters["dropped_malformed"] += 1
+
+    def handle_timer(self, now_ms: int) -> None:
+        """Retransmit, expire, time out requests and sweep idle channels, as due at `now_ms`."""
+        timers = self._timers
+        while timers and timers[0][0] <= now_ms:
+            due, _, kind, key = heapq.heappop(timers)
+            if kind == _T_RETRY:
+                self._on_retry(key, due, now_ms)
+            elif kind == _T_TTL:
+                self._on_ttl(key, now_ms)
+            elif kind == _T_REQUEST:
+                self._on_request_deadline(key, due, now_ms)
+        if self._sweep_at is not None and now_ms >= self._sweep_at:
+            self._sweep_at = None
+            self._sweep(now_ms)
+
+    def get_timer(self) -> int | None:
+        due = self._timers[0][0] if self._timers else None
+        if self._sweep_at is not None and (due is None or self._sweep_at < due):
+            due = self._sweep_at
+        return due
+
+    def messages_to_send(self) -> list[Outgoing]:
+        """Drain frames: per destination node one ack/reject frame, then data batches (urgent first)."""
+        out: list[Outgoing] = []
+        cluster = self.cluster
+        for node in list(dict.fromkeys([*self._ack_due, *self._rejects])):
+            address = self._peers.address(node)
+            keys = self._ack_due.pop(node, {})
+            rejects = self._rejects.pop(node, [])
+            if address is None:
+                continue
+            entries = []
+            for key in keys:
+                rc = self._recv.get(key)
+                if rc is not None:
+                    sel = tuple(sorted(rc.buffer)[:MAX_SELECTIVE_ACKS]) if rc.buffer else ()
+                    entries.append(AckEntry(key[1], key[2], rc.session, rc.upto, sel))
+            for i in range(0, max(len(entries), len(rejects)), MAX_ACK_ENTRIES):
+                out.append(Outgoing(address, node, encode(
+                    Acks(tuple(entries[i:i + MAX_ACK_ENTRIES]), tuple(rejects[i:i + MAX_ACK_ENTRIES])), cluster)))
+        staged = self._staged
+        self._staged = {}
+        step = self.config.max_batch
+        for node, envs in staged.items():
+            address = self._peers.address(node)
+            if address is None:
+                continue
+            envs.sort(key=_priority_of)
+            for i in range(0, len(envs), step):
+                out.append(Outgoing(address, node, encode(Batch(tuple(envs[i:i + step])), cluster)))
+        self.counters["frames_sent"] += len(out)
+        return out
+
+    def next_event(self) -> DeliveryEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- sender internals -----------------------------------------------------------------------------
+
+    def _submit(self, dest_node: str, dest_agent: str, payload: bytes, now_ms: int, kind: int,
+                correlation: MessageId | None, src_agent: str, mode: str, priority: int, ttl_ms: int,
+                wait_if_full: bool, msg_id: MessageId | None) -> MessageId:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        if type(payload) is not bytes or len(payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"payload must be bytes of at most {MAX_PAYLOAD_BYTES} (serialise it first)")
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES} (0 = high)")
+        if not isinstance(ttl_ms, int) or not 0 <= ttl_ms <= MAX_TTL_MS:
+            raise ValueError(f"ttl_ms must be an int in 0..{MAX_TTL_MS} (0 = no TTL)")
+        if kind in (KIND_DATA, KIND_REQUEST) and not dest_agent:
+            raise ValueError("dest_agent must name an agent")
+        if wait_if_full and (mode == BEST_EFFORT or ttl_ms == 0):
+            raise ValueError("wait_if_full needs a reliable mode and a ttl_ms (how long to wait)")
+        if msg_id is not None and mode != DURABLE:
+            raise ValueError("only durable messages reuse a stored msg_id (resend from the outbox)")
+        if self._tracked >= self.config.total_queue:
+            self.counters["send_queue_full"] += 1
+            raise SendQueueFull(f"{self._tracked} messages are queued on this node; wait or slow down")
+        if msg_id is None:
+            self._counter += 1
+            msg_id = MessageId(self.node_id, self.epoch, self._counter)
+        flags = (FLAG_DURABLE if mode == DURABLE else 0) | (FLAG_WAIT_IF_FULL if wait_if_full else 0)
+        m = _Msg(msg_id, dest_node, dest_agent, src_agent, kind, priority, flags, correlation, payload,
+                 mode == DURABLE, now_ms + ttl_ms if ttl_ms else None)
+        m.reliable = mode != BEST_EFFORT
+        self.counters["sent"] += 1
+        if kind == KIND_REQUEST:
+            self._requests[msg_id] = _Pending(m, now_ms + ttl_ms)
+            self._push_timer(now_ms + ttl_ms, _T_REQUEST, msg_id)
+        if dest_node == self.node_id:
+            self._local(m, now_ms)
+            return msg_id
+        if dest_node not in self._peers and mode != DURABLE:
+            self._fail(m, NodeUnreachable, f"node {dest_node} is not a live member", now_ms)
+            return msg_id
+        if mode == BEST_EFFORT:
+            self.counters["sent_best_effort"] += 1
+            self._staged.setdefault(dest_node, []).append(self._envelope(m, None, now_ms))
+            return msg_id
+        key = (dest_node, dest_agent, priority)
+        ch = self._send.get(key)
+        if ch is None:
+            self._session += 1
+            ch = self._send[key] = _SendChannel(key, self._session, now_ms)
+            self._by_node.setdefault(dest_node, {})[key] = None
+            self._arm_sweep(now_ms)
+        if len(ch.inflight) + len(ch.queue) >= self.config.window + self.config.channel_queue:
+            self.counters["send_queue_full"] += 1
+            self._requests.pop(msg_id, None)
+            raise SendQueueFull(f"channel to {dest_agent!r} on {dest_node} is full; wait or slow down")
+        m.channel = ch
+        ch.queue.append(m)
+        ch.last_ms = now_ms
+        self._tracked += 1
+        if m.expires_ms is not None:
+            self._push_timer(m.expires_ms, _T_TTL, m)
+        self._pump_channel(ch, now_ms)
+        return msg_id
+
+    def _pump_channel(self, ch: _SendChannel, now_ms: int) -> None:
+        window = self.config.window
+        while ch.queue and len(ch.inflight) < window:
+            m = ch.queue.popleft()
+            if m.state == _DONE:
+                continue
+            m.seq = ch.next_seq
+            ch.next_seq += 1
+            m.state = _INFLIGHT
+            ch.inflight[m.seq] = m
+            self._transmit(m, now_ms)
+
+    def _transmit(self, m: _Msg, now_ms: int) -> None:
+        m.attempts += 1
+        c = self.config
+        rto = min(c.max_rto_ms, c.initial_rto_ms << min(m.attempts - 1, 30))
+        if c.jitter:
+            rto = max(1, int(rto * (1.0 + self._rng.uniform(-c.jitter, c.jitter))))
+        m.retry_at = now_ms + rto
+        self._push_timer(m.retry_at, _T_RETRY, m)
+        self._stage(m, now_ms)
+
+    def _stage(self, m: _Msg, now_ms: int) -> None:
+        if m.dest_node not in self._peers:
+            return
+        self._staged.setdefault(m.dest_node, []).append(self._envelope(m, m.channel, now_ms))
+        self.counters["transmissions"] += 1
+
+    def _envelope(self, m: _Msg, ch: _SendChannel | None, now_ms: int) -> Envelope:
+        ttl = 0 if m.expires_ms is None else max(1, m.expires_ms - now_ms)
+        return Envelope(0 if ch is None else ch.session, m.seq, 0 if ch is None else ch.floor(), m.msg_id, m.kind,
+                        m.dest_agent, m.src_agent, m.priority, ttl, m.flags, m.correlation, m.payload)
+
+    def _on_retry(self, m: _Msg, due: int, now_ms: int) -> None:
+        if m.state != _INFLIGHT or m.retry_at != due:
+            return
+        if m.sacked:
+            m.retry_at = now_ms + self.config.max_rto_ms
+            self._push_timer(m.retry_at, _T_RETRY, m)
+            return
+        if not m.durable and not m.busy and m.attempts >= self.config.max_attempts:
+            self._fail(m, NodeUnreachable, f"no acknowledgement after {m.attempts} attempts", now_ms)
+            return
+        self.counters["retransmissions"] += 1
+        self._transmit(m, now_ms)
+
+    def _on_ttl(self, m: _Msg, now_ms: int) -> None:
+        if m.state == _DONE or (m.state == _INFLIGHT and m.sacked):
+            return
+        if m.busy:
+            self._fail(m, Backpressure, "the receiving inbox stayed full until the message's TTL", now_ms)
+        elif m.kind == KIND_REQUEST:
+            self._fail(m, DeadlineExceeded, "no response before the deadline", now_ms)
+        else:
+            self._fail(m, Expired, "TTL ran out before the receiver accepted it", now_ms)
+
+    def _on_request_deadline(self, msg_id: MessageId, due: int, now_ms: int) -> None:
+        pending = self._requests.get(msg_id)
+        if pending is None or pending.deadline_ms != due:
+            return
+        m = pending.msg
+        if m.state != _DONE and not m.sacked and m.channel is not None:
+            self._fail(m, Backpressure if m.busy else DeadlineExceeded, "no response before the deadline", now_ms)
+        else:
+            del self._requests[msg_id]
+            self._emit(DeadlineExceeded(msg_id, m.dest_node, m.dest_agent, "no response before the deadline"))
+
+    def _fail(self, m: _Msg, cls: Any, detail: str, now_ms: int, *, confirmed: bool | None = None,
+              prompt: bool = True) -> None:
+        """Finish `m` with failure `cls`; on a channel this moves the floor so the receiver may skip it."""
+        was_inflight = m.state == _INFLIGHT
+        self._finish(m)
+        ch = m.channel
+        if was_inflight and ch is not None:
+            ch.inflight.pop(m.seq, None)
+            if prompt and ch.inflight:
+                # Tell the receiver the new floor at once (RFC 3758 FORWARD-TSN) by resending the oldest.
+                self._stage(next(iter(ch.inflight.values())), now_ms)
+            self._pump_channel(ch, now_ms)
+        if m.kind == KIND_REQUEST:
+            if self._requests.pop(m.msg_id, None) is None:
+                return
+        self.counters["failed"] += 1
+        event = cls(m.msg_id, m.dest_node, m.dest_agent, detail)
+        if confirmed is not None and confirmed != event.confirmed:
+            event = cls(m.msg_id, m.dest_node, m.dest_agent, detail, confirmed)
+        self._emit(event)
+
+    def _finish(self, m: _Msg) -> None:
+        if m.state != _DONE and m.channel is not None:
+            self._tracked -= 1
+        m.state = _DONE
+
+    def _on_acks(self, sender: str, msg: Acks, now_ms: int) -> None:
+        for r in msg.rejects:
+            self._on_reject(sender, r, now_ms)
+        for a in msg.entries:
+            ch = self._send.get((sender, a.dest_agent, a.priority))
+            if ch is None or ch.session != a.session:
+                self.counters["acks_stale"] += 1
+                continue
+            ch.last_ms = now_ms
+            inflight = ch.inflight
+            while inflight:
+                seq = next(iter(inflight))
+                if seq > a.upto:
+                    break
+                m = inflight.pop(seq)
+                self._finish(m)
+                self.counters["delivered_acks"] += 1
+                self._emit(MessageDelivered(m.msg_id, sender, m.dest_agent))
+            for seq in a.selective:
+                m = inflight.get(seq)
+                if m is not None:
+                    m.sacked = True
+            self._pump_channel(ch, now_ms)
+
+    def _on_reject(self, sender: str, r: RejectEntry, now_ms: int) -> None:
+        self.counters["rejects_received"] += 1
+        cls = _REASON_EVENT.get(r.reason)
+        if r.seq == 0:
+            # Best-effort rejection or a late notice (expired in the inbox after it was acked).
+            if cls is None:
+                return
+            self._requests.pop(r.msg_id, None)
+            if r.msg_id.origin == self.node_id:
+                self.counters["failed"] += 1
+                self._emit(cls(r.msg_id, sender, r.dest_agent, r.detail, True))
+            return
+        ch = self._send.get((sender, r.dest_agent, r.priority))
+        m = None if ch is None or ch.session != r.session else ch.inflight.get(r.seq)
+        if m is None or m.msg_id != r.msg_id:
+            return
+        if r.reason == REASON_BUSY:
+            # Not consumed (the receiver dropped it from its buffer): retransmit until the TTL.
+            m.busy = True
+            m.sacked = False
+            m.attempts = 0
+            return
+        if cls is not None:
+            # Consumed by the receiver: it is not a hole, so no prompt is needed.
+            self._fail(m, cls, r.detail, now_ms, confirmed=True, prompt=False)
+
+    def _local(self, m: _Msg, now_ms: int) -> None:
+        """Sender and receiver on this node: deliver at once (FIFO trivially; a full inbox fails at once)."""
+        if m.kind in (KIND_RESPONSE, KIND_ERROR):
+            self._on_response(self.node_id, m.src_agent, m.kind, m.correlation, m.payload)
+            return
+        if m.dest_agent not in self._capacity:
+            self._fail(m, UnknownAgent, f"no agent {m.dest_agent!r} on this node", now_ms, confirmed=True)
+            return
+        if self._inbox[m.dest_agent] >= self._capacity[m.dest_agent]:
+            self.counters["rejected_backpressure"] += 1
+            self._fail(m, Backpressure, f"inbox of {m.dest_agent!r} is full", now_ms, confirmed=True)
+            return
+        self._inbox[m.dest_agent] += 1
+        self.counters["delivered"] += 1
+        self._emit(Incoming(m.msg_id, self.node_id, m.src_agent, m.dest_agent, m.kind, m.priority, m.payload,
+                            m.expires_ms, m.reliable))
+        if m.reliable:
+            self._emit(MessageDelivered(m.msg_id, self.node_id, m.dest_agent))
+
+    # -- receiver internals -------------------------------------------------------------------------------
+
+    def _on_batch(self, sender: str, batch: Batch, now_ms: int) -> None:
+        c = self.config
+        for env in batch.envelopes:
+            self.counters["received"] += 1
+            if env.session == 0:
+                self._consume(sender, env, None, now_ms)
+                continue
+            key = (sender, env.dest_agent, env.priority)
+            rc = self._recv.get(key)
+            if rc is None or env.session > rc.session:
+                rc = self._recv[key] = _RecvChannel(env.session, now_ms)
+                self._arm_sweep(now_ms)
+            elif env.session < rc.session:
+                self.counters["stale_session"] += 1
+                continue
+            rc.last_ms = now_ms
+            self._ack_due.setdefault(sender, {})[key] = None
+            if env.floor - 1 > rc.upto:
+                self.counters["skipped"] += env.floor - 1 - rc.upto
+                rc.upto = env.floor - 1
+                for seq in [s for s in rc.buffer if s <= rc.upto]:
+                    del rc.buffer[seq]
+            if env.seq <= rc.upto:
+                self.counters["duplicates"] += 1
+                rejected = rc.rejected.get(env.seq)
+                if rejected is not None:
+                    self._rejects.setdefault(sender, []).append(rejected)
+            elif env.seq in rc.buffer:
+                self.counters["duplicates"] += 1
+            elif env.seq - rc.upto > c.reorder_buffer:
+                self.counters["reorder_overflow"] += 1
+            else:
+                if env.seq != rc.upto + 1:
+                    self.counters["reordered"] += 1
+                rc.buffer[env.seq] = env
+            self._drain(sender, rc, now_ms)
+
+    def _drain(self, sender: str, rc: _RecvChannel, now_ms: int) -> None:
+        buffer = rc.buffer
+        while rc.upto + 1 in buffer:
+            env = buffer[rc.upto + 1]
+            if not self._consume(sender, env, rc, now_ms):
+                del buffer[rc.upto + 1]
+                return
+            del buffer[rc.upto + 1]
+            rc.upto += 1
+
+    def _consume(self, sender: str, env: Envelope, rc: _RecvChannel | None, now_ms: int) -> bool:
+        """Deliver or reject one in-order envelope. False only for "busy" (inbox full, sender waits)."""
+        durable = bool(env.flags & FLAG_DURABLE)
+        if durable:
+            seen = self._durable_seen.get(sender)
+            if seen is not None and env.msg_id in seen:
+                self.counters["durable_duplicates"] += 1
+                return True
+        if env.kind == KIND_RESPONSE or env.kind == KIND_ERROR:
+            self._on_response(sender, env.src_agent, env.kind, env.correlation, env.payload)
+            self._remember_durable(sender, env, durable)
+            return True
+        agent = env.dest_agent
+        if agent not in self._capacity:
+            self.counters["rejected_unknown_agent"] += 1
+            self._reject_env(sender, env, rc, REASON_UNKNOWN_AGENT, f"no agent {agent!r} on node {self.node_id}")
+            return True
+        if self._inbox[agent] >= self._capacity[agent]:
+            if rc is not None and env.flags & FLAG_WAIT_IF_FULL:
+                self.counters["busy"] += 1
+                self._rejects.setdefault(sender, []).append(RejectEntry(
+                    env.msg_id, agent, env.priority, env.session, env.seq, REASON_BUSY, "inbox full, retry"))
+                return False
+            self.counters["rejected_backpressure"] += 1
+            self._reject_env(sender, env, rc, REASON_BACKPRESSURE,
+                             f"inbox of {agent!r} on node {self.node_id} is full ({self._capacity[agent]})")
+            return True
+        self._inbox[agent] += 1
+        self.counters["delivered"] += 1
+        self._remember_durable(sender, env, durable)
+        self._emit(Incoming(env.msg_id, sender, env.src_agent, agent, env.kind, env.priority, env.payload,
+                            now_ms + env.ttl_ms if env.ttl_ms else None, rc is not None))
+        return True
+
+    def _reject_env(self, sender: str, env: Envelope, rc: _RecvChannel | None, reason: int, detail: str) -> None:
+        entry = RejectEntry(env.msg_id, env.dest_agent, env.priority, env.session, env.seq, reason, detail)
+        if rc is not None:
+            if len(rc.rejected) >= MAX_REJECTS_REMEMBERED:
+                del rc.rejected[next(iter(rc.rejected))]
+            rc.rejected[env.seq] = entry
+        self._reject(sender, entry)
+
+    def _reject(self, node: str, entry: RejectEntry) -> None:
+        self._rejects.setdefault(node, []).append(entry)
+
+    def _remember_durable(self, sender: str, env: Envelope, durable: bool) -> None:
+        if not durable:
+            return
+        seen = self._durable_seen.get(sender)
+        if seen is None:
+            if len(self._durable_seen) >= MAX_DURABLE_SENDERS:
+                del self._durable_seen[next(iter(self._durable_seen))]
+            seen = self._durable_seen[sender] = {}
+        if len(seen) >= self.config.durable_dedup:
+            del seen[next(iter(seen))]
+        seen[env.msg_id] = None
+
+    def _on_response(self, node: str, from_agent: str, kind: int, correlation: MessageId | None, payload: bytes) -> None:
+        pending = None if correlation is None else self._requests.pop(correlation, None)
+        if pending is None or correlation is None:
+            self.counters["late_responses"] += 1
+            return
+        self.counters["responses"] += 1
+        m = pending.msg
+        if m.state != _DONE and m.channel is not None:
+            # The response proves delivery even if the ack has not arrived yet.
+            self._finish(m)
+            m.channel.inflight.pop(m.seq, None)
+        if kind == KIND_ERROR:
+            self._emit(HandlerError(correlation, node, from_agent, payload.decode("utf-8", "replace")))
+        else:
+            self._emit(ResponseReceived(correlation, node, from_agent, payload))
+
+    # -- housekeeping -------------------------------------------------------------------------------------
+
+    def _sweep(self, now_ms: int) -> None:
+        idle = self.config.channel_idle_ms
+        for key in [k for k, rc in self._recv.items() if now_ms - rc.last_ms >= idle and not rc.buffer]:
+            del self._recv[key]
+            self.counters["channels_swept"] += 1
+        for ch in [ch for ch in self._send.values()
+                   if now_ms - ch.last_ms >= idle and not ch.inflight and not ch.queue]:
+            self._drop_channel(ch)
+            self.counters["channels_swept"] += 1
+        if self._recv or self._send:
+            self._arm_sweep(now_ms)
+
+    def _drop_channel(self, ch: _SendChannel) -> None:
+        self._send.pop(ch.key, None)
+        keys = self._by_node.get(ch.key[0])
+        if keys is not None:
+            keys.pop(ch.key, None)
+            if not keys:
+                del self._by_node[ch.key[0]]
+
+    def _arm_sweep(self, now_ms: int) -> None:
+        if self._sweep_at is None:
+            self._sweep_at = now_ms + self.config.channel_idle_ms // 4
+
+    def _push_timer(self, due: int, kind: int, key: Any) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (due, self._timer_seq, kind, key))
+
+    def _emit(self, event: DeliveryEvent) -> None:
+        if len(self._events) >= MAX_EVENTS:
+            self._events.popleft()
+            self.counters["events_dropped"] += 1
+        self._events.append(event)
+
+    def channels(self) -> Iterator[tuple[str, str, int]]:
+        """Keys (dest node, dest agent, priority) of the open send channels, for diagnostics."""
+        return iter(list(self._send))
+
+
+def _priority_of(env: Envelope) -> int:
+    return env.priority
