@@ -204,7 +204,7 @@ class _Link:
         else:
             self.quic.send_stream_data(DATA_STREAM_ID, data)
             self.sent += len(data)
-        self._owner._transmit_soon(self)
+        self._owner._transmit(self)
 
     def close(self) -> None:
         """The BYE handshake is done: FIN after the last pending byte; the QUIC close follows the peer's FIN."""
