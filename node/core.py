@@ -938,7 +938,7 @@ class NodeCore:
         p = self.profile
         n = len(self._live) + 1
         self._susp_min_ms, self._susp_max_ms = suspicion_timeouts_ms(
-            p.suspicion_mult, p.suspicion_max_timeout_mult, p.probe_interval_ms, n
+            p.suspicion_min_ms_per_log10_nodes, p.suspicion_max_timeout_mult, n
         )
         # memberlist state.go suspectNode: no confirmations are expected when too few nodes could send them.
         self._k = p.suspicion_confirmations if n - 2 >= p.suspicion_confirmations else 0

@@ -88,10 +88,11 @@ def transition(state: str, kind: int, held: int, incoming: int) -> tuple[str, ty
     return new_state, event
 
 
-def suspicion_timeouts_ms(suspicion_mult: int, max_mult: int, probe_interval_ms: int, n_nodes: int) -> tuple[int, int]:
-    """memberlist util.go suspicionTimeout: min = mult * max(1, log10 N) * interval; max = max_mult * min."""
+def suspicion_timeouts_ms(min_ms_per_log10_nodes: int, max_mult: int, n_nodes: int) -> tuple[int, int]:
+    """memberlist util.go suspicionTimeout: min = k * max(1, log10 N) (k = SuspicionMult * ProbeInterval);
+    max = max_mult * min (SuspicionMaxTimeoutMult)."""
     node_scale = max(1.0, math.log10(max(1, n_nodes)))
-    low = int(suspicion_mult * node_scale * probe_interval_ms)
+    low = int(min_ms_per_log10_nodes * node_scale)
     return low, low * max_mult
 
 

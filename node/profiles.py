@@ -28,8 +28,8 @@ class MembershipProfile:
     """k in SWIM: helpers asked to ping the target on our behalf when the direct ping gets no ack."""
     retransmit_mult: int
     """Each update is piggybacked retransmit_mult * ceil(log10(N+1)) times (memberlist RetransmitMult)."""
-    suspicion_mult: int
-    """Suspicion min timeout = suspicion_mult * max(1, log10 N) * probe_interval (memberlist SuspicionMult)."""
+    suspicion_min_ms_per_log10_nodes: int
+    """Suspicion min timeout = this * max(1, log10 N) (memberlist: SuspicionMult * ProbeInterval)."""
     suspicion_max_timeout_mult: int
     """Suspicion max timeout = this * min timeout (memberlist SuspicionMaxTimeoutMult, Lifeguard §IV-B)."""
     suspicion_confirmations: int
@@ -63,7 +63,7 @@ class MembershipProfile:
         for name in (
             "probe_interval_ms", "probe_timeout_ms", "gossip_interval_ms", "push_pull_interval_ms",
             "reconnect_interval_ms", "seed_interval_ms", "seed_recontact_interval_ms", "dead_reap_ms",
-            "left_reap_ms", "retransmit_mult", "suspicion_mult", "suspicion_max_timeout_mult",
+            "left_reap_ms", "retransmit_mult", "suspicion_min_ms_per_log10_nodes", "suspicion_max_timeout_mult",
             "awareness_max_multiplier", "gossip_nodes", "max_piggyback_updates", "broadcast_queue_max",
             "max_relayed_probes",
         ):
@@ -89,11 +89,12 @@ LAN = MembershipProfile(
     indirect_checks=3,  # memberlist DefaultLANConfig.IndirectChecks
     retransmit_mult=4,  # memberlist DefaultLANConfig.RetransmitMult
     # memberlist: SuspicionMult 4 at a 1 s period = 4 s * log10 N min, 6x max (12 s / 72 s at 1000 nodes).
-    # Ours: 2 periods * log10 N = 3 s min at 1000 nodes (1 s at 10 nodes), max 2x min. The max must outlast
-    # a refutation's round trip through gossip (~1.5 s at 1000 nodes with 100 ms rounds), the min is reached
-    # after 2 independent confirmations, which arrive quickly because suspects keep being probed.
-    suspicion_mult=2,
-    suspicion_max_timeout_mult=2,
+    # Ours: 0.7 s * log10 N min (2.1 s at 1000 nodes, 0.7 s up to 10), 3x max (6.3 s / 2.1 s). The min is
+    # reached for a real failure because every node that hears a suspicion probes the suspect in its next
+    # period (2 confirmations within ~1 s); the max outlasts a refutation, which reaches each holder of the
+    # suspicion directly (its own check probe) within a period. See docs/decisions/0040.
+    suspicion_min_ms_per_log10_nodes=700,
+    suspicion_max_timeout_mult=3,
     suspicion_confirmations=2,  # memberlist: SuspicionMult - 2 = 2
     awareness_max_multiplier=8,  # memberlist DefaultLANConfig.AwarenessMaxMultiplier
     # memberlist LAN gossips every 200 ms to 3 nodes; we send gossip only while something is queued, so a
@@ -120,7 +121,7 @@ LOCAL = MembershipProfile(
     probe_timeout_ms=150,
     indirect_checks=1,  # memberlist DefaultLocalConfig.IndirectChecks
     retransmit_mult=2,  # memberlist DefaultLocalConfig.RetransmitMult
-    suspicion_mult=3,  # memberlist DefaultLocalConfig.SuspicionMult
+    suspicion_min_ms_per_log10_nodes=1_200,  # memberlist DefaultLocalConfig.SuspicionMult 3 * our 400 ms period
     suspicion_max_timeout_mult=3,
     suspicion_confirmations=1,
     awareness_max_multiplier=8,

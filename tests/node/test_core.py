@@ -269,7 +269,7 @@ def test_confirmations_shorten_the_suspicion_timeout() -> None:
     # The observer also probes the suspect itself (it learnt of the suspicion from others), and its own
     # failed probe is one more independent confirmation: 1, 2 and (capped at k = 2) 2 confirmations.
     alone, one, two = time_to_dead(0), time_to_dead(1), time_to_dead(2)
-    lo = SMALL.suspicion_mult * 1.0792 * SMALL.probe_interval_ms  # min timeout: log10(12) = 1.0792
+    lo = SMALL.suspicion_min_ms_per_log10_nodes * 1.0792  # min timeout: log10(12) = 1.0792
     hi = lo * SMALL.suspicion_max_timeout_mult
     assert alone > one
     assert one == two == pytest.approx(lo, abs=2)

@@ -84,10 +84,10 @@ def test_suspicion_without_expected_confirmations_uses_min() -> None:
 
 
 def test_suspicion_timeouts_scale_with_log_n() -> None:
-    assert suspicion_timeouts_ms(4, 6, 1_000, 1) == (4_000, 24_000)
-    assert suspicion_timeouts_ms(4, 6, 1_000, 10) == (4_000, 24_000)
-    assert suspicion_timeouts_ms(4, 6, 1_000, 1_000) == (12_000, 72_000)  # memberlist at 1000 nodes
-    lo, hi = suspicion_timeouts_ms(LAN.suspicion_mult, LAN.suspicion_max_timeout_mult, LAN.probe_interval_ms, 1_000)
+    assert suspicion_timeouts_ms(4_000, 6, 1) == (4_000, 24_000)
+    assert suspicion_timeouts_ms(4_000, 6, 10) == (4_000, 24_000)
+    assert suspicion_timeouts_ms(4_000, 6, 1_000) == (12_000, 72_000)  # memberlist at 1000 nodes
+    lo, hi = suspicion_timeouts_ms(LAN.suspicion_min_ms_per_log10_nodes, LAN.suspicion_max_timeout_mult, 1_000)
     assert lo < 12_000 and hi < 72_000
 
 
