@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,6 +46,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         dirs[name] = root / name
     issue_node_certificate(root / "other-ca", root / "x")
     dirs["x"] = root / "x"
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+    issue_node_certificate(root / "ca", root / "expired", validity_days=1, now=old)
+    dirs["expired"] = root / "expired"
     return dirs
 
 
@@ -298,6 +302,15 @@ async def test_client_claiming_another_id_is_refused(pki: dict[str, Path]) -> No
             assert reply == ControlFrame({"t": "accept"})
             client.write(encode_frame("hi"))
             assert await a.wait_frames(1) == [(c.node_id, "hi")]
+
+
+async def test_expired_client_certificate_is_refused(pki: dict[str, Path]) -> None:
+    async with nodes(pki, "a") as (a,):
+        async with raw_client(a, trust_ca=pki["ca"]) as client:
+            assert await client.authenticate(NodeIdentity.load(pki["expired"])) is None
+            ended = await client.ended_with()
+            assert ended.error_code == ERROR_REFUSED and "expired" in ended.reason_phrase
+        assert a.t.stats().connections_refused == 1
 
 
 async def test_dial_expecting_another_id_is_refused(pki: dict[str, Path]) -> None:
