@@ -245,7 +245,7 @@ class QuicTransport:
         self._handshaking = 0
         """Inbound connections not yet attached (bounded by `handshakes_max`)."""
         self._protocol_errors = 0
-        """Adapter-level protocol errors (credit overrun, unexpected stream); the manager counts framing errors."""
+        """Adapter-level protocol errors (unexpected stream, stream reset, FIN mid-handshake); the manager counts framing errors."""
 
     # -- Transport API -----------------------------------------------------------------------
 

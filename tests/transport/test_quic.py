@@ -365,3 +365,25 @@ async def test_stalled_half_frame_closes_the_connection(pki: dict[str, Path]) ->
         assert a.got[0][1] == "complete"
         assert a.t.stats().protocol_errors == 1
 
+
+
+async def test_data_on_an_unexpected_stream_is_a_protocol_error(pki: dict[str, Path]) -> None:
+    async with nodes(pki, "a") as (a,):
+        async with raw_client(a, trust_ca=pki["ca"]) as client:
+            assert await client.authenticate(NodeIdentity.load(pki["c"])) == ControlFrame({"t": "accept"})
+            client.conn.send_stream_data(0, encode_frame("side door"))
+            client.transmit()
+            assert (await client.ended_with()).error_code == ERROR_ABORTED
+        assert a.t.stats().protocol_errors == 1 and a.got == []
+
+
+async def test_idle_connection_closes_cleanly_and_redials(pki: dict[str, Path]) -> None:
+    config = TransportConfig(idle_timeout_ms=300, close_grace_ms=1000, dial_timeout_ms=2000)
+    async with nodes(pki, "a", "b", config=config) as (a, b):
+        a.t.send(b.addr, 1, peer_id=b.id)
+        await b.wait_frames(1)
+        await wait_until(lambda: a.t.stats().connections_open == 0 and b.t.stats().connections_open == 0)
+        a.t.send(b.addr, 2, peer_id=b.id)
+        await b.wait_frames(2)
+        assert [f for _, f in b.got] == [1, 2]
+        assert a.t.stats().frames_dropped == 0 and a.t.stats().protocol_errors == 0
