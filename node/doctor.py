@@ -18,6 +18,7 @@ from agentnode.transport.base import Address
 from agentnode.transport.diagnosis import (
     Diagnosis,
     check_certificate,
+    judge_clock_skew,
     probe_bootstrap,
     probe_listen,
     probe_mdns,
@@ -61,6 +62,7 @@ async def diagnose(
                                       "give it a --bootstrap list of running nodes, or enable mDNS on a shared LAN; the findings below say why seeds fail"))
         else:
             findings.append(Diagnosis("node", status["address"], True, "ok", detail=f"{alive} alive members: {members}"))
+        findings.extend(await _clock_findings(directory))
         bootstrap = list(bootstrap) or list(status.get("bootstrap", []))
         cluster = cluster or status.get("cluster")
 
@@ -78,3 +80,16 @@ async def _node_status(directory: DataDir) -> dict[str, Any] | None:
         return await asyncio.to_thread(client.call, "status")
     except ControlError:
         return None
+
+
+async def _clock_findings(directory: DataDir) -> list[Diagnosis]:
+    """Each alive peer's wall clock against ours, measured by the running node."""
+    client = ControlClient(directory.control_socket, directory.path, timeout_s=5.0)
+    try:
+        readings = await asyncio.to_thread(client.call, "clock")
+    except ControlError:
+        return []
+    return [
+        judge_clock_skew(r["local_ms"], r["peer_ms"], rtt_ms=r["rtt_ms"], peer=f"node {r['node_id']}")
+        for r in readings
+    ]

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from agentnode import events as ev
+from agentnode.clock import ClockService
 from agentnode.config import NodeConfig
 from agentnode.control import ControlServer
 from agentnode.core import NodeCore
@@ -117,6 +118,8 @@ class Node:
             metadata=self.config.metadata,
         )
         self._persist(incarnation=incarnation)
+        self._clock = ClockService(self)
+        self._clock.attach()
         now = self._now_ms()
         self._core.start(now)
         self._peer_cache = PeerCache(self._data.peer_cache)
@@ -378,6 +381,13 @@ class Node:
             asyncio.get_running_loop().create_task(self.leave())
             return {"leaving": self.node_id}
 
+        async def clock(args: dict[str, Any]) -> Any:
+            me = self.node_id
+            peers = [(m.node_id, m.address) for m in self.members() if m.state == "alive" and m.node_id != me]
+            readings = await self._clock.measure(peers, timeout_s=float(args.get("timeout_s", 1.0)))
+            return [{"node_id": r.node_id, "local_ms": r.local_ms, "peer_ms": r.peer_ms, "rtt_ms": r.rtt_ms} for r in readings]
+
+        self._control.add("clock", clock)
         self._control.add("status", status)
         self._control.add("peers", peers)
         self._control.add("leave", leave)

@@ -132,6 +132,8 @@ def test_leave_and_doctor_through_the_cli(tmp_path: Path) -> None:
         findings = json.loads(healthy.stdout)
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         assert any(f["check"] == "bootstrap" and f["ok"] and f["peer_id"] == second.node_id for f in findings)
+        clocks = [f for f in findings if f["check"] == "clock"]
+        assert len(clocks) == 2 and all(f["ok"] for f in clocks)  # one reading per peer, same machine clock
         assert cluster.converged()  # probing with the node's identity disturbed nothing
 
         create_ca(tmp_path / "other-ca")
