@@ -42,6 +42,7 @@ def join(
     transport: str = typer.Option("tls", "--transport", help="tls (default) or quic."),
     profile: str = typer.Option("lan", "--profile", help="Membership timing: lan, or local for one machine."),
     meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE tag gossiped with this node; repeatable."),
+    metrics: str = typer.Option(None, "--metrics", help="Serve Prometheus metrics on HOST:PORT (GET /metrics); off by default."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
 ) -> None:
     from agentnode.config import NodeConfig
@@ -71,6 +72,7 @@ def join(
             transport=transport,
             profile=profile,
             metadata=metadata,
+            metrics=metrics,
         )
         _run(config)
 

@@ -53,8 +53,10 @@ class NodeConfig(BaseModel):
     """Small key/value tags gossiped with this node's membership record."""
     seed: int | None = None
     """Seed for the node's protocol randomness; None draws one from the OS."""
+    metrics: Address | None = None
+    """Serve Prometheus metrics on this HOST:PORT (`GET /metrics`); off by default."""
 
-    @field_validator("listen", "advertise", mode="before")
+    @field_validator("listen", "advertise", "metrics", mode="before")
     @classmethod
     def _parse_address(cls, value: object) -> object:
         if isinstance(value, str):

@@ -73,6 +73,7 @@ class Node:
         self._stopped = asyncio.Event()
         self._started_at = 0.0
         self._channels: dict[int, FrameHandler] = {}
+        self._metrics: Any = None
         self._member_listeners: list[Callable[[ev.NodeEvent], None]] = []
         self.counters: dict[str, int] = {"send_backpressure": 0, "events_dropped": 0}
 
@@ -135,6 +136,11 @@ class Node:
         if self._control is not None:
             self._register_control()
             await self._control.start()
+        if self.config.metrics is not None:
+            from agentnode.metrics import MetricsServer
+
+            self._metrics = MetricsServer(self, self.config.metrics)
+            await self._metrics.start()
         self._started_at = time.time()
         self._pump()
         log.info("node %s listening on %s (cluster %s, %s)", self.node_id, advertised, self.config.cluster, self.config.transport)
@@ -174,6 +180,11 @@ class Node:
     @property
     def address(self) -> Address:
         return self.config.advertise or self._require_transport().listen_address
+
+    @property
+    def metrics_address(self) -> Address | None:
+        """Where Prometheus metrics are served (the bound port when configured with 0), or None."""
+        return self._metrics.address if self._metrics is not None else None
 
     def members(self) -> list[Any]:
         return self._require_core().members()
@@ -350,7 +361,7 @@ class Node:
             log.warning("cannot write the peer cache: %s", exc)
 
     async def _close_io(self) -> None:
-        for closer in (self._control, self._discovery, self._transport):
+        for closer in (self._metrics, self._control, self._discovery, self._transport):
             if closer is None:
                 continue
             try:
