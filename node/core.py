@@ -84,6 +84,8 @@ MAX_PENDING_PINGS = 64
 """Reconnect / seed pings awaiting an ack; the oldest is forgotten beyond this."""
 MAX_SUSPECTS_TO_CHECK = 16
 """Suspects (accused by others) this node probes ahead of its round-robin order."""
+RECENT_ACKERS = 16
+"""Members that answered our last probes; ping-req helpers are drawn from them first."""
 MAX_OUTBOX = 100_000
 """Frames waiting for `messages_to_send`; beyond this new frames are dropped and counted."""
 MAX_EVENTS = 100_000
@@ -204,12 +206,15 @@ class NodeCore:
         self._notified_ms: dict[str, int] = {}
         self._probe: _Probe | None = None
         self._to_check: dict[str, None] = {}
+        self._checked_last = False
+        self._recent_ok: deque[str] = deque(maxlen=RECENT_ACKERS)
         self._seq = 0
         self._seeds: dict[str, None] = {}
         self._seed_cursor = 0
         self._join_backoff_ms = profile.probe_interval_ms
         self._started = False
         self._leaving = False
+        self._joined = False
         self._next_probe_ms = 0
         self._next_gossip_ms = 0
         self._next_push_pull_ms = 0
@@ -424,6 +429,8 @@ class NodeCore:
         if probe is not None and probe.seq == seq:
             self._probe = None
             self._awareness.apply(-1)
+            if not probe.indirect:
+                self._recent_ok.append(probe.target)
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
@@ -481,6 +488,12 @@ class NodeCore:
 
     def _on_push_pull_reply(self, sender: str, msg: PushPullReply, now_ms: int) -> None:
         self._merge(msg.states, sender, now_ms)
+        if not self._joined:
+            # Follow-up anti-entropy soon after joining: nodes that joined right after us are not in the
+            # seed's reply, and merged facts are not re-gossiped. 2-6 probe periods, randomised.
+            self._joined = True
+            interval = self.profile.probe_interval_ms
+            self._next_push_pull_ms = min(self._next_push_pull_ms, now_ms + self._rng.randrange(2 * interval, 6 * interval))
 
     # ------------------------------------------------------------------ state machine
 
@@ -524,6 +537,11 @@ class NodeCore:
             else:
                 self._counters["updates_unknown_member"] += 1
             return
+        if kind == KIND_DEAD and rec.state == ALIVE and u.incarnation >= rec.incarnation:
+            # Someone else's verdict on a member we never suspected (it may be stale: queued behind a
+            # partition, or from the other side of one). Suspect it instead, so it can still refute.
+            u = Update(KIND_SUSPECT, node_id, u.incarnation, u.address, u.origin or sender, None)
+            kind = KIND_SUSPECT
         if kind == KIND_SUSPECT and rec.state == SUSPECT and u.incarnation == rec.incarnation:
             suspicion = rec.suspicion
             if suspicion is not None and suspicion.confirm(u.origin or sender):
@@ -657,12 +675,16 @@ class NodeCore:
         scale = self._awareness.score + 1
         self._next_probe_ms = now_ms + p.probe_interval_ms * scale
         target = None
-        while self._to_check:
+        # Alternate suspect checks with round robin, so the SWIM time bound on probing everyone holds.
+        checked_last, self._checked_last = self._checked_last, False
+        while self._to_check and not checked_last:
             node_id = next(iter(self._to_check))
             del self._to_check[node_id]
             rec = self._members.get(node_id)
-            if rec is not None and rec.state == SUSPECT:
+            s = rec.suspicion if rec is not None and rec.state == SUSPECT else None
+            if s is not None and s.confirmations < s.k and self.node_id not in s.accusers:
                 target = node_id
+                self._checked_last = True
                 break
         if target is None:
             target = self._order.next(self._live, self._members)
@@ -676,7 +698,7 @@ class NodeCore:
 
     def _start_indirect(self, probe: _Probe, now_ms: int) -> None:
         probe.indirect = True
-        helpers = self._sample_live(self.profile.indirect_checks, probe.target)
+        helpers = self._helpers(probe.target)
         probe.nacks_expected = len(helpers)
         request = PingReq(probe.seq, probe.target, probe.address, self.address)
         for node_id in helpers:
@@ -884,6 +906,27 @@ class NodeCore:
             return rec is None or rec.suspicion is None or rec.suspicion.deadline_ms != deadline
         relay = self._relays.get(key)
         return relay is None or relay.deadline_ms != deadline
+
+    def _helpers(self, target: str) -> list[str]:
+        """Ping-req helpers: members that recently answered us first, then random live ones.
+
+        Lifeguard counts a helper's missing nack against our own health. When part of the cluster is
+        cut off, random helpers from there would push our health score to its max and slow every
+        probe 8x; helpers known to reach us keep that signal about us, not about the partition.
+        """
+        want = self.profile.indirect_checks
+        members = self._members
+        known = [k for k in dict.fromkeys(reversed(self._recent_ok))
+                 if k != target and k in members and members[k].state == ALIVE]
+        if len(known) > want:
+            known = self._rng.sample(known, want)
+        if len(known) < want:
+            for k in self._sample_live(want + len(known) + 1, target):
+                if k not in known:
+                    known.append(k)
+                    if len(known) >= want:
+                        break
+        return known
 
     def _sample_live(self, count: int, exclude: str | None) -> list[str]:
         """Up to `count` distinct random live members other than `exclude`; O(count) expected."""
