@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from agentnode import __version__
-from agentnode.cli import bench, ca, chaos, cluster, dev, raft, simulate, state
+from agentnode.cli import agents, bench, ca, chaos, cluster, dev, raft, simulate, state
 
 app = typer.Typer(
     name="agentnode",
@@ -29,7 +29,7 @@ def _root(
     """A peer-to-peer network node for AI agents."""
 
 
-for _module in (ca, cluster, dev, raft, state, bench, simulate, chaos):
+for _module in (ca, cluster, dev, agents, raft, state, bench, simulate, chaos):
     _module.register(app)
 
 
