@@ -1,0 +1,350 @@
+"""Replicated-state benchmark and the small deterministic harness it (and the tests) drive.
+
+`ReplicaNet` runs N `Replicator` cores in one process with virtual integer time, a seeded random
+source, per-pair FIFO links with random latency, optional loss, partitions and crashes. Every frame
+goes through msgpack, so byte counts are what a transport would carry and nothing unserialisable
+slips through. Membership is modelled, not run: the harness calls `member_up`/`member_down` when a
+link heals or fails (after `detect_ms`), standing in for SWIM's verdicts.
+
+`run_state_benchmark()` produces the figures of `agentnode bench state` (docs/benchmarks.md, "State").
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgpack
+
+from agentnode.crdt import StateStore, StoreLimits, to_wire
+from agentnode.replication import (
+    ReadDone,
+    ReplicationConfig,
+    Replicator,
+    WriteDone,
+)
+
+__all__ = ["ReplicaNet", "run_state_benchmark"]
+
+_DELIVER, _TIMER, _CALL = 0, 1, 2
+
+
+class ReplicaNet:
+    """N replication cores on a simulated network; time is virtual and one seed replays a run."""
+
+    def __init__(
+        self,
+        size: int,
+        seed: int = 1,
+        *,
+        config: ReplicationConfig | None = None,
+        limits: StoreLimits | None = None,
+        latency_ms: tuple[int, int] = (1, 5),
+        loss: float = 0.0,
+        connect: bool = True,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.config = config or ReplicationConfig()
+        self.limits = limits
+        self.latency_ms = latency_ms
+        self.loss = loss
+        self.now = 0
+        self.ids = [f"r{i:03d}" for i in range(size)]
+        self.nodes: dict[str, Replicator] = {}
+        self.epochs: dict[str, int] = {}
+        self.up: dict[str, bool] = {}
+        self.group: dict[str, int] = dict.fromkeys(self.ids, 0)
+        self.done: dict[tuple[str, int], WriteDone | ReadDone] = {}
+        self.bytes_by_type: dict[int, int] = {}
+        self.frames_by_type: dict[int, int] = {}
+        self.frames_dropped = 0
+        self._heap: list[tuple[int, int, int, Any]] = []
+        self._seq = 0
+        self._timer_at: dict[str, int | None] = {}
+        self._fifo: dict[tuple[str, str], int] = {}
+        self._packer = msgpack.Packer(use_bin_type=True)
+        for node_id in self.ids:
+            self._boot(node_id)
+        if connect:
+            for a in self.ids:
+                for b in self.ids:
+                    if a != b:
+                        self.nodes[a].member_up(b, b, self.now)
+                self._drain(a)
+
+    # -- control ------------------------------------------------------------------------------
+
+    def node(self, i: int) -> Replicator:
+        return self.nodes[self.ids[i]]
+
+    def call(self, node_id: str, fn: Callable[[Replicator], Any]) -> Any:
+        """Run an API call on a core now and route what it produced."""
+        try:
+            return fn(self.nodes[node_id])
+        finally:
+            self._drain(node_id)
+
+    def run(self, duration_ms: int) -> None:
+        self.run_until(self.now + duration_ms)
+
+    def run_until(self, until_ms: int, stop: Callable[[], bool] | None = None, check_every_ms: int = 10) -> bool:
+        """Process events up to `until_ms`; with `stop`, return True as soon as it holds (checked every few ms)."""
+        next_check = self.now
+        while True:
+            if stop is not None and self.now >= next_check:
+                next_check = self.now + check_every_ms
+                if stop():
+                    return True
+            if not self._heap or self._heap[0][0] > until_ms:
+                self.now = until_ms
+                return stop() if stop is not None else False
+            at, _, kind, payload = heapq.heappop(self._heap)
+            self.now = max(self.now, at)
+            if kind == _DELIVER:
+                src, dst, data = payload
+                if not self.up[dst] or not self._linked(src, dst):
+                    self.frames_dropped += 1
+                    continue
+                self.nodes[dst].receive(src, msgpack.unpackb(data, raw=False), self.now)
+                self._drain(dst)
+            elif kind == _TIMER:
+                node_id = payload
+                core = self.nodes.get(node_id)
+                if core is None or not self.up[node_id] or self._timer_at.get(node_id) != at:
+                    continue
+                self._timer_at[node_id] = None
+                core.handle_timer(self.now)
+                self._drain(node_id)
+            else:
+                payload()
+
+    def at(self, when_ms: int, action: Callable[[], None]) -> None:
+        self._push(when_ms, _CALL, action)
+
+    def partition(self, *groups: Sequence[str], detect_ms: int = 0) -> None:
+        """Cut links between groups; each side's cores hear `member_down` for the other after `detect_ms`."""
+        for g, members in enumerate(groups):
+            for node_id in members:
+                self.group[node_id] = g + 1
+
+        def report() -> None:
+            for a in self.ids:
+                for b in self.ids:
+                    if a != b and self.up[a] and self.group[a] != self.group[b]:
+                        self.nodes[a].member_down(b, self.now)
+                self._drain(a)
+
+        self.at(self.now + detect_ms, report)
+
+    def heal(self, detect_ms: int = 0, jitter_ms: int = 0) -> None:
+        """Restore every link; cores hear `member_up` for the other side after `detect_ms` (+ per-pair jitter)."""
+        before = dict(self.group)
+        self.group = dict.fromkeys(self.ids, 0)
+        for a in self.ids:
+            for b in self.ids:
+                if a != b and before[a] != before[b]:
+                    delay = detect_ms + (self.rng.randrange(jitter_ms + 1) if jitter_ms else 0)
+                    self.at(self.now + delay, lambda a=a, b=b: self._up(a, b))
+
+    def crash(self, node_id: str) -> None:
+        """Stop a core (its frames in flight are lost); peers hear `member_down`."""
+        self.up[node_id] = False
+        for other in self.ids:
+            if other != node_id and self.up[other]:
+                self.nodes[other].member_down(node_id, self.now)
+                self._drain(other)
+
+    def restart(self, node_id: str, store: StateStore | None = None) -> None:
+        """Boot a fresh core (new epoch), optionally on a restored store; everyone hears `member_up`."""
+        self._boot(node_id, store)
+        for other in self.ids:
+            if other != node_id and self.up[other] and self._linked(node_id, other):
+                self.nodes[other].member_up(node_id, node_id, self.now)
+                self.nodes[node_id].member_up(other, other, self.now)
+                self._drain(other)
+        self._drain(node_id)
+
+    # -- observation --------------------------------------------------------------------------
+
+    def live(self) -> list[str]:
+        return [n for n in self.ids if self.up[n]]
+
+    def converged(self, among: Iterable[str] | None = None) -> bool:
+        digests = {self.nodes[n].root_digest() for n in (among if among is not None else self.live())}
+        return len(digests) <= 1
+
+    def values(self, key: str) -> dict[str, Any]:
+        return {n: self.nodes[n].value(key) for n in self.live()}
+
+    def bytes_total(self, types: Iterable[int] | None = None) -> int:
+        return sum(v for t, v in self.bytes_by_type.items() if types is None or t in types)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _boot(self, node_id: str, store: StateStore | None = None) -> None:
+        epoch = self.epochs.get(node_id, -1) + 1
+        self.epochs[node_id] = epoch
+        store = store or StateStore(node_id, self.limits)
+        self.nodes[node_id] = Replicator(
+            store, cluster="sim", epoch=epoch, rng=random.Random(f"{self.rng.getrandbits(64)}"), config=self.config
+        )
+        self.up[node_id] = True
+        self._timer_at[node_id] = None
+
+    def _up(self, a: str, b: str) -> None:
+        if self.up[a] and self.up[b] and self._linked(a, b):
+            self.nodes[a].member_up(b, b, self.now)
+            self._drain(a)
+
+    def _linked(self, a: str, b: str) -> bool:
+        return self.group[a] == self.group[b] or self.group[a] == 0 and self.group[b] == 0
+
+    def _drain(self, node_id: str) -> None:
+        core = self.nodes[node_id]
+        for out in core.messages_to_send():
+            data = self._packer.pack(out.frame)
+            kind = out.frame[2]
+            self.bytes_by_type[kind] = self.bytes_by_type.get(kind, 0) + len(data)
+            self.frames_by_type[kind] = self.frames_by_type.get(kind, 0) + 1
+            dst = out.peer_id
+            if not self.up[node_id] or dst not in self.up or not self._linked(node_id, dst) or (
+                self.loss and self.rng.random() < self.loss
+            ):
+                self.frames_dropped += 1
+                continue
+            lo, hi = self.latency_ms
+            at = max(self.now + self.rng.randint(lo, hi), self._fifo.get((node_id, dst), 0))
+            self._fifo[(node_id, dst)] = at
+            self._push(at, _DELIVER, (node_id, dst, data))
+        while (event := core.next_event()) is not None:
+            if isinstance(event, (WriteDone, ReadDone)):
+                self.done[(node_id, event.request_id)] = event
+        when = core.get_timer()
+        if when is not None and self.up[node_id] and self._timer_at.get(node_id) != when:
+            when = max(when, self.now)
+            self._timer_at[node_id] = when
+            self._push(when, _TIMER, node_id)
+
+    def _push(self, at: int, kind: int, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, kind, payload))
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+def _local_updates(clock: Callable[[], float], count: int) -> dict[str, Any]:
+    """Local updates/s through the replication core (store + log + bucket bookkeeping), 3 replicas."""
+    net = ReplicaNet(3, seed=7)
+    core = net.node(0)
+    keys = [f"counter-{i % 1000}" for i in range(count)]
+    start = clock()
+    for i, key in enumerate(keys):
+        core.update(key, "gcounter", "increment", (1,), net.now)
+    elapsed = clock() - start
+    net._drain(net.ids[0])
+    net.run(2_000)
+    delta_bytes = net.bytes_by_type.get(64, 0)
+    return {
+        "updates": count,
+        "updates_per_s": round(count / elapsed) if elapsed > 0 else None,
+        "delta_bytes_per_update_per_peer": round(delta_bytes / count / 2, 1),
+        "converged": net.converged(),
+    }
+
+
+def _repair_bytes(keys: int, changed: int) -> dict[str, Any]:
+    """Bytes to repair two replicas after a partition, against shipping one replica's full state."""
+    config = ReplicationConfig(backlog_deltas_max=1)  # force digest repair rather than log replay
+    net = ReplicaNet(2, seed=11, config=config)
+    a, b = net.ids
+    for i in range(keys):
+        net.call(a, lambda c, i=i: c.update(f"key-{i:05d}", "orset", "add", (f"v{i}",), net.now))
+    net.run_until(net.now + 60_000, stop=net.converged)
+    net.partition([a], [b])
+    net.run(100)
+    for i in range(changed):
+        side = a if i % 2 else b
+        net.call(side, lambda c, i=i: c.update(f"key-{(i * 7919) % keys:05d}", "orset", "add", (f"w{i}",), net.now))
+    base = net.bytes_total()
+    net.heal()
+    net.run_until(net.now + 60_000, stop=net.converged)
+    repair = net.bytes_total() - base
+    store = net.nodes[a].store
+    full = sum(len(msgpack.packb([k, to_wire(st)], use_bin_type=True)) for k, st in store.state_for(store.keys()).items())
+    return {
+        "keys": keys,
+        "keys_changed_during_partition": changed,
+        "repair_bytes": repair,
+        "full_state_bytes": full,
+        "ratio": round(repair / full, 3) if full else None,
+        "converged": net.converged(),
+    }
+
+
+def _partition_heal(nodes: int, keys: int, writes: int, partition_ms: int, seed: int, clock: Callable[[], float]) -> dict[str, Any]:
+    """Simulated time for `nodes` replicas holding `keys` keys to re-converge after a partition heals."""
+    wall = clock()
+    net = ReplicaNet(nodes, seed=seed)
+    # Pre-load: each key written once by some replica, then delivered to all (as a converged cluster would be).
+    writers = net.ids
+    for i in range(keys):
+        origin = net.nodes[writers[i % nodes]]
+        delta = origin.store.update(f"k{i:05d}", "gcounter", "increment", 1)
+        for node_id in net.ids:
+            if node_id != origin.node_id:
+                net.nodes[node_id].store.apply_delta(delta)
+    for node_id in net.ids:
+        core = net.nodes[node_id]
+        core._dirty.update(dict.fromkeys(core.store.keys()))
+        # The loading bypassed the protocol: mark every stream as caught up so only new work travels.
+        for stream in core._streams.values():
+            stream.syncing = False
+            stream.acked = stream.sent = core.store.last_seq
+        core._rounds.clear()
+        core.messages_to_send()
+    setup_s = clock() - wall
+    net.run(2_000)
+    left, right = net.ids[: nodes // 2], net.ids[nodes // 2:]
+    net.partition(left, right, detect_ms=5_000)
+    start = net.now
+    step = partition_ms // max(1, writes)
+    for w in range(writes):
+        side = left if w % 2 else right
+        writer = side[net.rng.randrange(len(side))]
+        key = f"k{net.rng.randrange(keys):05d}"
+        net.at(start + 1_000 + w * step * 9 // 10, lambda writer=writer, key=key: net.call(
+            writer, lambda c: c.update(key, "gcounter", "increment", 1, net.now)))
+    net.run(partition_ms)
+    sides_converged = net.converged(left) and net.converged(right)
+    before = net.bytes_total()
+    heal_at = net.now
+    net.heal()
+    wall_heal = clock()
+    ok = net.run_until(heal_at + 60_000, stop=net.converged, check_every_ms=10)
+    return {
+        "nodes": nodes,
+        "keys": keys,
+        "writes_during_partition": writes,
+        "partition_s": partition_ms / 1000,
+        "sides_converged_before_heal": sides_converged,
+        "converged": ok,
+        "reconverge_s": round((net.now - heal_at) / 1000, 3) if ok else None,
+        "goal_s": 2.0,
+        "bytes_after_heal": net.bytes_total() - before,
+        "wall_s_setup": round(setup_s, 1),
+        "wall_s_heal": round(clock() - wall_heal, 1),
+    }
+
+
+def run_state_benchmark(*, updates: int = 20_000, nodes: int = 50, keys: int = 10_000, writes: int = 1_000,
+                        partition_ms: int = 60_000, seed: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    """All figures of `agentnode bench state` as a JSON-ready dict."""
+    return {
+        "local": _local_updates(clock, updates),
+        "repair": _repair_bytes(min(keys, 10_000), 200),
+        "partition_heal": _partition_heal(nodes, keys, writes, partition_ms, seed, clock),
+    }
