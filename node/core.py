@@ -749,7 +749,7 @@ class NodeCore:
 
     def _gossip_tick(self, now_ms: int) -> None:
         self._next_gossip_ms = now_ms + self.profile.gossip_interval_ms
-        limit = self.profile.max_piggyback_updates
+        limit = self.profile.max_gossip_updates
         for node_id in self._sample_live(self.profile.gossip_nodes, None):
             updates = self._queue.take(limit)
             if not updates:
