@@ -1,0 +1,275 @@
+"""Checkers: run after every scenario, each prints a verdict with its evidence.
+
+A verdict is `pass`, `fail`, `skip` (the surface or workload it needs is missing: the reason says
+which) or `error` (the checker could not decide, e.g. the cluster never formed). A checker never
+passes on missing data: no samples means no verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentnode.chaos.cluster import WaitTimeout
+from agentnode.chaos.scenario import resolve_index
+from agentnode.chaos.workloads import MembershipWorkload, RunContext
+from agentnode.control import ControlError
+
+__all__ = ["CHECKERS", "Verdict", "run_check"]
+
+EVIDENCE_LINES_MAX = 20
+"""Evidence is for a human: the first lines of each kind, then a count."""
+
+_ENOSPC = re.compile(r"No space left on device|ENOSPC|Errno 28|disk (is )?full", re.IGNORECASE)
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    check: str
+    status: str
+    """pass | fail | skip | error"""
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "status": self.status, "summary": self.summary, "evidence": self.evidence}
+
+
+Checker = Callable[[RunContext, dict[str, Any]], Verdict]
+
+
+def run_check(kind: str, ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    checker = CHECKERS.get(kind)
+    if checker is None:
+        return Verdict(kind, "error", f"unknown check {kind!r}; known: {', '.join(sorted(CHECKERS))}")
+    if ctx.converged_s is None and kind != "no_unexpected_exit":
+        return Verdict(kind, "error", "the cluster never formed before the faults, so nothing after it means anything")
+    try:
+        return checker(ctx, params)
+    except Exception as exc:  # a checker bug must show as such, not as a product verdict
+        return Verdict(kind, "error", f"the checker failed: {type(exc).__name__}: {exc}")
+
+
+# -- membership ------------------------------------------------------------------------------------
+
+
+def membership_reforms(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """After the faults stop, every live node sees exactly the live nodes alive: one cluster again."""
+    within_s = float(params.get("within_s", 30))
+    cluster = ctx.cluster
+    live = [n.index for n in cluster.live()]
+    if not live:
+        return Verdict("membership_reforms", "error", "no live node left to check")
+    try:
+        took = cluster.wait_for("one cluster of the live nodes", lambda: cluster.converged(live), timeout_s=within_s, interval_s=0.25)
+    except WaitTimeout:
+        views = _views_now(ctx, live)
+        return Verdict(
+            "membership_reforms", "fail",
+            f"{len(live)} live nodes did not re-form one cluster within {within_s:g} s after the faults stopped",
+            {"live_nodes": live, "views": views},
+        )
+    return Verdict(
+        "membership_reforms", "pass",
+        f"all {len(live)} live nodes see each other alive, {took:.1f} s after the faults stopped",
+        {"seconds_after_faults": round(took, 2), "live_nodes": live},
+    )
+
+
+def membership_stable(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """No live, undisturbed node was declared dead by another while the faults ran (no false deaths)."""
+    allowed = int(params.get("max_false_dead", 0))
+    views = ctx.recorder.views()
+    if not views:
+        return Verdict("membership_stable", "skip", "no membership samples (add a membership workload)")
+    cluster = ctx.cluster
+    disturbed = ctx.disturbed()
+    ids = {n.node_id: n.index for n in cluster.nodes}
+    start = ctx.converged_s or 0.0
+    dead_seen: dict[str, list[float]] = {}
+    suspect_samples = 0
+    checked = 0
+    for t_s, observer, view in views:
+        if t_s < start or observer in disturbed:
+            continue
+        checked += 1
+        for node_id, state in view.items():
+            target = ids.get(node_id)
+            if target is None or target in disturbed or target == observer:
+                continue
+            if state in ("dead", "left"):
+                dead_seen.setdefault(f"{observer}->{target}", []).append(round(t_s, 1))
+            elif state == "suspect":
+                suspect_samples += 1
+        missing = [idx for nid, idx in ids.items() if idx not in disturbed and idx != observer and nid not in view]
+        for target in missing:
+            dead_seen.setdefault(f"{observer}->{target} (absent)", []).append(round(t_s, 1))
+    growth = _counter_growth(ctx)
+    evidence = {
+        "view_samples_checked": checked,
+        "samples_with_a_suspect": suspect_samples,
+        "false_dead": {k: {"samples": len(v), "first_s": v[0], "last_s": v[-1]} for k, v in sorted(dead_seen.items())},
+        "counter_growth_total": growth,
+    }
+    if checked == 0:
+        return Verdict("membership_stable", "error", "no view of an undisturbed node was sampled after the cluster formed", evidence)
+    pairs = len(dead_seen)
+    if pairs > allowed:
+        return Verdict("membership_stable", "fail", f"{pairs} observer->node pairs saw a live node dead or absent (allowed {allowed})", evidence)
+    return Verdict(
+        "membership_stable", "pass",
+        f"no live node was declared dead in {checked} sampled views; {suspect_samples} sample(s) showed a suspect "
+        f"(suspicions {growth.get('core.suspicions', 0)}, refutations {growth.get('core.refutations', 0)}, "
+        f"failed probes {growth.get('core.probes_failed', 0)})",
+        evidence,
+    )
+
+
+def no_unexpected_exit(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """Every node process that is not running was ended by the harness (no crash)."""
+    del params
+    crashed = {}
+    for node in ctx.cluster.nodes:
+        if node.process is None or node.alive:
+            continue
+        last = [e for e in ctx.timeline if node.index in e.nodes and e.action in ("kill", "stop", "restart")]
+        if last and last[-1].action in ("kill", "stop"):
+            continue
+        crashed[str(node.index)] = {"exit_code": node.process.returncode, "log_tail": _log_tail(node, 15)}
+    tracebacks = {str(n.index): _count(n, _TRACEBACK) for n in ctx.cluster.nodes if _count(n, _TRACEBACK)}
+    evidence = {"crashed": crashed, "tracebacks_in_logs": tracebacks}
+    if crashed:
+        return Verdict("no_unexpected_exit", "fail", f"node(s) {', '.join(crashed)} exited on their own", evidence)
+    if tracebacks:
+        return Verdict("no_unexpected_exit", "fail", f"node(s) {', '.join(tracebacks)} logged tracebacks", evidence)
+    return Verdict("no_unexpected_exit", "pass", "no node process exited on its own or logged a traceback", evidence)
+
+
+def disk_full_clear_error(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """While its disk was full the node said so clearly; after space returned its files are intact."""
+    index = resolve_index(params.get("node", 0), ctx.cluster.size)
+    node = ctx.cluster.nodes[index]
+    text = node.log_path.read_text(errors="replace") if node.log_path.exists() else ""
+    errors = [line.strip() for line in text.splitlines() if _ENOSPC.search(line)]
+    files = {}
+    corrupt = []
+    for name in ("node-state.json", "peers.json"):
+        path = node.data_dir / name
+        if not path.exists():
+            files[name] = "absent"
+            continue
+        try:
+            json.loads(path.read_text())
+            files[name] = "valid JSON"
+        except ValueError as exc:
+            files[name] = f"CORRUPT: {exc}"
+            corrupt.append(name)
+    leftovers = sorted(p.name for p in node.data_dir.glob(".*.tmp"))
+    incarnations = _incarnations(ctx, index)
+    evidence = {
+        "error_lines": errors[:EVIDENCE_LINES_MAX],
+        "error_line_count": len(errors),
+        "files_after": files,
+        "temp_files_left": leftovers,
+        "incarnations_seen_in_order": incarnations,
+        "node_running": node.alive,
+    }
+    problems = []
+    if not errors:
+        problems.append("no log line named the full disk (ENOSPC)")
+    if corrupt:
+        problems.append(f"corrupt file(s) after space returned: {', '.join(corrupt)}")
+    if any(b <= a for a, b in zip(incarnations, incarnations[1:])):
+        problems.append(f"incarnation did not rise across restarts: {incarnations}")
+    if not node.alive:
+        problems.append("the node is not running after space returned")
+    if problems:
+        return Verdict("disk_full_clear_error", "fail", "; ".join(problems), evidence)
+    return Verdict(
+        "disk_full_clear_error", "pass",
+        f"{len(errors)} clear ENOSPC log line(s); files valid after space returned; node running",
+        evidence,
+    )
+
+
+# -- surfaces that need a workload ------------------------------------------------------------------
+
+
+def _needs_workload(check: str, workload: str) -> Checker:
+    def checker(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+        del params
+        found = ctx.workloads.get(workload)
+        if found is None:
+            return Verdict(check, "skip", f"needs the {workload!r} workload, which this scenario does not run")
+        reason = getattr(found, "skip_reason", None)
+        if reason:
+            return Verdict(check, "skip", f"{workload} workload unavailable: {reason}")
+        return Verdict(check, "error", f"no checker implementation for {check} yet")
+
+    checker.__doc__ = f"Needs the {workload} workload."
+    return checker
+
+
+CHECKERS: dict[str, Checker] = {
+    "membership_reforms": membership_reforms,
+    "membership_stable": membership_stable,
+    "no_unexpected_exit": no_unexpected_exit,
+    "disk_full_clear_error": disk_full_clear_error,
+    "crdt_converged": _needs_workload("crdt_converged", "crdt"),
+    "raft_linearizable": _needs_workload("raft_linearizable", "raft_kv"),
+    "raft_one_leader_per_term": _needs_workload("raft_one_leader_per_term", "raft_kv"),
+    "minority_fails_fast": _needs_workload("minority_fails_fast", "raft_kv"),
+    "durable_exactly_once": _needs_workload("durable_exactly_once", "durable_messages"),
+}
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _views_now(ctx: RunContext, live: list[int]) -> dict[str, Any]:
+    names = {n.node_id: n.index for n in ctx.cluster.nodes}
+    views: dict[str, Any] = {}
+    for index in live:
+        try:
+            view = ctx.cluster.nodes[index].view()
+        except (ControlError, OSError) as exc:
+            views[str(index)] = f"no answer: {exc}"
+            continue
+        views[str(index)] = {str(names.get(nid, nid)): state for nid, state in sorted(view.items(), key=lambda kv: names.get(kv[0], 99))}
+    return views
+
+
+def _counter_growth(ctx: RunContext) -> dict[str, int]:
+    workload = ctx.workloads.get("membership")
+    if isinstance(workload, MembershipWorkload):
+        return workload.summary().get("counter_growth_total", {})
+    return {}
+
+
+def _incarnations(ctx: RunContext, index: int) -> list[int]:
+    seen: list[int] = []
+    for sample in ctx.recorder.samples("membership", "status"):
+        if sample.node == index and sample.ok and isinstance(sample.value, dict):
+            inc = sample.value.get("incarnation")
+            if isinstance(inc, int) and (not seen or seen[-1] != inc):
+                seen.append(inc)
+    return seen
+
+
+def _log_tail(node: Any, lines: int) -> list[str]:
+    try:
+        return node.log_path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def _count(node: Any, needle: str) -> int:
+    try:
+        return node.log_path.read_text(errors="replace").count(needle)
+    except OSError:
+        return 0
+

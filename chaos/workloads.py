@@ -1,0 +1,315 @@
+"""Workloads that drive the nodes' public surfaces while faults run, recording what happened.
+
+A workload is a plug-in: a class registered in `WORKLOADS` under its scenario `kind`. Each one
+says which control operations it needs; `unavailable()` asks a live node which operations it
+serves (the control endpoint lists them when asked for an unknown one), so a workload whose
+surface has not landed in this node build is reported as skipped with that reason: never run
+against a guess, never turned into a verdict.
+
+Workloads run in their own thread and talk to nodes through the blocking control client (each
+call bounded), recording `Sample`s into the run's `Recorder`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from agentnode.control import ControlError
+
+if TYPE_CHECKING:
+    from agentnode.chaos.cluster import ChaosCluster, ChaosNode
+
+__all__ = [
+    "FaultEvent",
+    "MembershipWorkload",
+    "Recorder",
+    "RunContext",
+    "Sample",
+    "SurfaceWorkload",
+    "WORKLOADS",
+    "Workload",
+    "known_ops",
+]
+
+SAMPLES_MAX = 500_000
+"""Samples kept per run (a 1-hour soak of 10 nodes at 2 samples/s/node is 72k); beyond, counted as dropped."""
+VIEWS_MAX = 200_000
+CALL_TIMEOUT_S = 1.0
+"""A control call to a live node answers in milliseconds; a paused node never does."""
+STOP_JOIN_S = 10.0
+
+_KNOWN = re.compile(r"known: (.*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One observation: an operation on a node, whether it worked, how long it took."""
+
+    t_s: float
+    workload: str
+    node: int
+    op: str
+    ok: bool
+    latency_ms: float
+    value: Any = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultEvent:
+    """A fault the runner applied (or failed to apply), for the timeline and the checkers."""
+
+    t_s: float
+    action: str
+    detail: str
+    nodes: tuple[int, ...] = ()
+    error: str = ""
+
+
+class Recorder:
+    """Thread-safe, bounded store of samples and membership views."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._samples: list[Sample] = []
+        self._views: list[tuple[float, int, dict[str, str]]] = []
+        self.dropped = 0
+
+    def add(self, sample: Sample) -> None:
+        with self._lock:
+            if len(self._samples) < SAMPLES_MAX:
+                self._samples.append(sample)
+            else:
+                self.dropped += 1
+
+    def add_view(self, t_s: float, node: int, view: dict[str, str]) -> None:
+        with self._lock:
+            if len(self._views) < VIEWS_MAX:
+                self._views.append((t_s, node, view))
+            else:
+                self.dropped += 1
+
+    def samples(self, workload: str | None = None, op: str | None = None) -> list[Sample]:
+        with self._lock:
+            found = list(self._samples)
+        return [s for s in found if (workload is None or s.workload == workload) and (op is None or s.op == op)]
+
+    def views(self) -> list[tuple[float, int, dict[str, str]]]:
+        with self._lock:
+            return list(self._views)
+
+
+@dataclass
+class RunContext:
+    """What workloads and checkers share during one run."""
+
+    cluster: ChaosCluster
+    rng: random.Random
+    started: float = field(default_factory=time.monotonic)
+    recorder: Recorder = field(default_factory=Recorder)
+    timeline: list[FaultEvent] = field(default_factory=list)
+    workloads: dict[str, Workload] = field(default_factory=dict)
+    faults_ended_s: float | None = None
+    converged_s: float | None = None
+    """Seconds the initial cluster took to form (None: it never did; the run is then meaningless)."""
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def disturbed(self) -> set[int]:
+        """Nodes that had a process fault (kill, stop, restart, pause) at any time in the run."""
+        found: set[int] = set()
+        for event in self.timeline:
+            if event.action in ("kill", "stop", "restart", "pause", "resume"):
+                found.update(event.nodes)
+        return found
+
+
+def known_ops(node: ChaosNode) -> list[str] | None:
+    """The control operations `node` serves, or None if it does not answer."""
+    try:
+        node.call("__chaos_list_ops__", timeout_s=CALL_TIMEOUT_S * 3)
+    except ControlError as exc:
+        match = _KNOWN.search(str(exc))
+        if match:
+            return [op.strip() for op in match.group(1).split(",") if op.strip()]
+        return None
+    except OSError:
+        return None
+    return None
+
+
+class Workload:
+    """Base: a thread calling `step()` every `interval_s` until stopped."""
+
+    kind: ClassVar[str] = ""
+    requires_ops: ClassVar[tuple[str, ...]] = ()
+    surface: ClassVar[str] = ""
+    """What public surface this drives, for the skip reason."""
+    interval_s_default: ClassVar[float] = 0.5
+
+    def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
+        self.params = dict(params)
+        self.ctx = ctx
+        self.interval_s = float(self.params.get("interval_s", self.interval_s_default))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []
+
+    def unavailable(self) -> str | None:
+        """Why this workload cannot run against this node build, or None."""
+        if not self.requires_ops:
+            return None
+        for node in self.ctx.cluster.live():
+            ops = known_ops(node)
+            if ops is None:
+                continue
+            lacking = [op for op in self.requires_ops if op not in ops]
+            if lacking:
+                return (
+                    f"the node has no {self.surface or self.kind} surface yet: control operation(s) "
+                    f"{', '.join(lacking)} missing (it serves: {', '.join(ops)})"
+                )
+            return None
+        return "no live node answered the control socket"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"chaos-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_JOIN_S)
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def resolve(self, name: str) -> int | None:
+        """Resolve a symbolic node name such as "leader"; None if this workload does not know it."""
+        return None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            try:
+                self.step()
+            except Exception as exc:  # a workload bug is recorded and shown, the run goes on
+                if len(self.errors) < 100:
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
+
+    def _timed(self, node: ChaosNode, op: str, **args: Any) -> tuple[bool, Any, float, str]:
+        started = time.monotonic()
+        try:
+            value = node.call(op, timeout_s=CALL_TIMEOUT_S, **args)
+            return True, value, (time.monotonic() - started) * 1000, ""
+        except (ControlError, OSError) as exc:
+            return False, None, (time.monotonic() - started) * 1000, f"{type(exc).__name__}: {exc}"
+
+
+class MembershipWorkload(Workload):
+    """Polls every node's member view (`peers`) and counters (`status`): what membership experiences.
+
+    Membership has no operation of its own to drive; its load is the protocol traffic. The figures
+    it records are each node's view over time, the cluster's frame throughput (from the transport
+    counters), and the failure detector's counters (failed probes, suspicions, refutations).
+    """
+
+    kind = "membership"
+    requires_ops = ("peers", "status")
+    surface = "membership"
+    status_every_s = 1.0
+
+    def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
+        super().__init__(params, ctx)
+        self._next_status = 0.0
+        self.first_status: dict[int, dict[str, Any]] = {}
+        self.last_status: dict[int, dict[str, Any]] = {}
+
+    def step(self) -> None:
+        cluster = self.ctx.cluster
+        want_status = time.monotonic() >= self._next_status
+        if want_status:
+            self._next_status = time.monotonic() + float(self.params.get("status_every_s", self.status_every_s))
+        for node in cluster.nodes:
+            if not node.alive:
+                continue
+            t = self.ctx.elapsed()
+            ok, value, ms, error = self._timed(node, "peers")
+            view = {m["node_id"]: m["state"] for m in value} if ok else {}
+            alive = sum(1 for s in view.values() if s == "alive")
+            self.ctx.recorder.add(Sample(t, self.kind, node.index, "peers", ok, ms, alive, error))
+            if ok:
+                self.ctx.recorder.add_view(t, node.index, view)
+            if want_status and ok:
+                ok, value, ms, error = self._timed(node, "status")
+                if ok:
+                    counters = _status_counters(value)
+                    self.first_status.setdefault(node.index, counters)
+                    self.last_status[node.index] = counters
+                self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, "status", ok, ms, _status_counters(value) if ok else None, error))
+
+    def summary(self) -> dict[str, Any]:
+        """Per-node counter growth over the run: what the failure detector and transport experienced."""
+        deltas = {}
+        for index, last in sorted(self.last_status.items()):
+            first = self.first_status.get(index, {})
+            deltas[str(index)] = {k: v - first.get(k, 0) for k, v in sorted(last.items()) if isinstance(v, int)}
+        totals: dict[str, int] = {}
+        for per_node in deltas.values():
+            for k, v in per_node.items():
+                totals[k] = totals.get(k, 0) + v
+        return {"counter_growth": deltas, "counter_growth_total": totals}
+
+
+def _status_counters(status: dict[str, Any]) -> dict[str, Any]:
+    counters: dict[str, Any] = {}
+    for k, v in (status.get("transport_stats") or {}).items():
+        counters[f"transport.{k}"] = v
+    for k, v in (status.get("core_counters") or {}).items():
+        counters[f"core.{k}"] = v
+    counters["incarnation"] = status.get("incarnation")
+    return counters
+
+
+class SurfaceWorkload(Workload):
+    """A workload whose node surface is not in this build yet: it only explains why it cannot run.
+
+    When the surface lands (its control operations appear), `unavailable()` still refuses: the
+    client for it has not been written against the real API, and a guess must not produce a verdict.
+    """
+
+    def unavailable(self) -> str | None:
+        reason = super().unavailable()
+        if reason is not None:
+            return reason
+        return f"the node now serves {', '.join(self.requires_ops)}, but the chaos workload for {self.surface} is not written yet"
+
+    def step(self) -> None:  # pragma: no cover - never started
+        raise RuntimeError("unavailable workloads are never started")
+
+
+def _surface(kind: str, ops: tuple[str, ...], surface: str) -> type[SurfaceWorkload]:
+    return type(f"{kind.title().replace('_', '')}Workload", (SurfaceWorkload,), {"kind": kind, "requires_ops": ops, "surface": surface})
+
+
+WORKLOADS: dict[str, Callable[[dict[str, Any], RunContext], Workload]] = {
+    "membership": MembershipWorkload,
+    "crdt": _surface("crdt", ("state.set", "state.get", "state.incr"), "replicated CRDT state (agentnode state ...)"),
+    "raft_kv": _surface("raft_kv", ("kv.put", "kv.get", "kv.cas", "raft.status"), "Raft key-value (agentnode kv ...)"),
+    "locks": _surface("locks", ("lock.acquire", "lock.release"), "Raft locks (agentnode lock ...)"),
+    "durable_messages": _surface("durable_messages", ("message.send",), "durable agent messages"),
+    "unicast": _surface("unicast", ("message.send", "message.request"), "agent unicast and request/response"),
+    "broadcast": _surface("broadcast", ("broadcast.send",), "broadcast"),
+}
+"""Scenario `kind` -> workload class. The surface workloads name the control operations they will drive."""
