@@ -22,6 +22,7 @@ from agentnode.control import ControlServer
 from agentnode.core import NodeCore
 from agentnode.datadir import DataDir
 from agentnode.profiles import profile_named
+from agentnode.state import NodeState
 from agentnode.transport.base import Address, BackpressureError, FrameHandler, Transport
 from agentnode.transport.discovery import Discovery, PeerCache, discovery_for
 
@@ -76,6 +77,8 @@ class Node:
         self._metrics: Any = None
         self._member_listeners: list[Callable[[ev.NodeEvent], None]] = []
         self.counters: dict[str, int] = {"send_backpressure": 0, "events_dropped": 0}
+        self.state = NodeState(self)
+        """Replicated CRDT state: get/update/delete with a consistency level, watch (docs/state.md)."""
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -123,6 +126,7 @@ class Node:
         self._clock.attach()
         now = self._now_ms()
         self._core.start(now)
+        await self.state.start()
         self._peer_cache = PeerCache(self._data.peer_cache)
         cached = [str(a) for a in self._peer_cache.load()]
         seeds = [str(a) for a in self.config.bootstrap] + cached
@@ -361,6 +365,7 @@ class Node:
             log.warning("cannot write the peer cache: %s", exc)
 
     async def _close_io(self) -> None:
+        self.state.close()
         for closer in (self._metrics, self._control, self._discovery, self._transport):
             if closer is None:
                 continue
@@ -402,6 +407,7 @@ class Node:
         self._control.add("status", status)
         self._control.add("peers", peers)
         self._control.add("leave", leave)
+        self.state.add_control_ops(self._control)
 
 
 def _member_json(member: Any) -> dict[str, Any]:
