@@ -76,6 +76,8 @@ class Node:
         self._channels: dict[int, FrameHandler] = {}
         self._metrics: Any = None
         self._member_listeners: list[Callable[[ev.NodeEvent], None]] = []
+        self.raft: Any = None
+        """The Raft service (`agentnode.raft.RaftService`) once started: critical state, kv, locks, roster."""
         self.counters: dict[str, int] = {"send_backpressure": 0, "events_dropped": 0}
         self.state = NodeState(self)
         """Replicated CRDT state: get/update/delete with a consistency level, watch (docs/state.md)."""
@@ -137,6 +139,12 @@ class Node:
         if self._discovery is not None:
             self._discovery.set_handler(self._on_discovered)
             await self._discovery.start()
+        from agentnode.raft import RaftService
+
+        self.raft = RaftService(self, self._data.path, cluster=self.config.cluster, rng=self._fork_rng("raft"))
+        await self.raft.start()
+        if self._control is not None:
+            self.raft.register_control(self._control)
         if self._control is not None:
             self._register_control()
             await self._control.start()
@@ -263,6 +271,8 @@ class Node:
     def _on_frame(self, sender_id: str, frame: Any) -> None:
         if self._core is None or self._stopped.is_set():
             return
+        if self.raft is not None and self.raft.refuses(sender_id):
+            return  # a revoked node (Raft roster): no service or core ever sees its frames
         if self._channels and type(frame) is list and len(frame) > 2:
             handler = self._channels.get(frame[2])
             if handler is not None:
@@ -299,7 +309,10 @@ class Node:
         core, transport = self._core, self._transport
         if core is None or transport is None or self._stopped.is_set():
             return
+        raft = self.raft
         for out in core.messages_to_send():
+            if raft is not None and out.peer_id is not None and raft.refuses(out.peer_id):
+                continue
             try:
                 transport.send(Address.parse(out.address), out.frame, out.peer_id)
             except BackpressureError:
@@ -366,7 +379,7 @@ class Node:
 
     async def _close_io(self) -> None:
         self.state.close()
-        for closer in (self._metrics, self._control, self._discovery, self._transport):
+        for closer in (self.raft, self._metrics, self._control, self._discovery, self._transport):
             if closer is None:
                 continue
             try:
