@@ -142,3 +142,17 @@ def test_profiles_are_valid_and_named() -> None:
 
 def _fields(p: MembershipProfile) -> dict[str, object]:
     return {name: getattr(p, name) for name in p.__dataclass_fields__}
+
+
+def test_protocol_doc_table_matches_the_code() -> None:
+    """docs/protocols/membership.md shows TRANSITIONS; keep them in step."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocols" / "membership.md").read_text()
+    names = {KIND_ALIVE: "alive(i)", KIND_SUSPECT: "suspect(i)", KIND_DEAD: "dead(i)", KIND_LEFT: "left(i)",
+             TIMEOUT: "suspicion timeout"}
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and " (j) |" in line]
+    assert len(rows) == len(TRANSITIONS)
+    for (state, kind), (new_state, strict, event) in TRANSITIONS.items():
+        cond = "—" if kind == TIMEOUT else ("i > j" if strict else "i ≥ j")
+        assert f"| {state} (j) | {names[kind]} | {cond} | {new_state} | {event.__name__} |" in rows
