@@ -421,3 +421,54 @@ def test_same_seed_same_trace() -> None:
         return [(t, k, repr(e)) for t, k, e in c.events]
 
     assert trace() == trace()
+
+
+def test_local_health_rises_when_helpers_do_not_nack_and_recovers() -> None:
+    """Lifeguard LHA: a node that hears nothing back (its own links are bad) slows its probing down."""
+    c = Cluster(6)
+    c.run(5_000)
+    c.group["n0000"] = 1  # n0000 is cut off from everyone: its probes fail and no helper nacks
+    c.run(3_000)
+    core = c.cores["n0000"]
+    assert core.health_score >= 3
+    pings = core.counters["pings_sent"]
+    c.run(4_000)
+    # At score s the period is 500 ms * (s + 1): far fewer than the 8 probes of a healthy node.
+    assert core.counters["pings_sent"] - pings <= 4 * 2
+    c.group["n0000"] = 0
+    c.run(60_000)
+    assert core.health_score == 0
+    assert c.all_alive()
+
+
+def test_unreachable_report_starts_indirect_probes_at_once() -> None:
+    core = NodeCore("a", "h:1", cluster="c", profile=LOCAL, rng=random.Random(1))
+    core.start(0)
+    from agentnode.messages import KIND_ALIVE, Gossip, Update, encode
+
+    ups = tuple(Update(KIND_ALIVE, k, 0, f"h:{i + 2}", "", {}) for i, k in enumerate("bcd"))
+    core.receive("b", encode(Gossip(ups), "c"), 0)
+    core.messages_to_send()
+    now = core.get_timer()
+    while now is not None and core.counters["pings_sent"] == 0:
+        core.handle_timer(now)
+        now = core.get_timer()
+    ping = core.messages_to_send()[-1]
+    assert core.counters["ping_reqs_sent"] == 0
+    core.peer_unreachable(ping.address, ping.peer_id, now + 1)
+    assert core.counters["ping_reqs_sent"] == 1  # LOCAL: one helper
+    sent = core.messages_to_send()
+    assert any(out.frame[2] == 3 for out in sent)  # a ping-req went out
+    assert core.counters["suspicions"] == 0
+
+
+def test_dead_members_are_reaped_after_the_reap_time() -> None:
+    profile = replace(SMALL, dead_reap_ms=20_000)
+    c = Cluster(4, profile=profile)
+    c.run(5_000)
+    c.crash("n0003")
+    c.run(10_000)
+    assert c.views("n0003") == {"dead"}
+    c.run(60_000)
+    assert c.views("n0003") == {None}
+    assert all(core.counters["members_reaped"] == 1 for k, core in c.cores.items() if k != "n0003")
