@@ -199,19 +199,110 @@ def disk_full_clear_error(ctx: RunContext, params: dict[str, Any]) -> Verdict:
 # -- surfaces that need a workload ------------------------------------------------------------------
 
 
-def _needs_workload(check: str, workload: str) -> Checker:
+def _needs_workload(check: str, workload: str, implementation: Checker | None = None) -> Checker:
     def checker(ctx: RunContext, params: dict[str, Any]) -> Verdict:
-        del params
         found = ctx.workloads.get(workload)
         if found is None:
             return Verdict(check, "skip", f"needs the {workload!r} workload, which this scenario does not run")
-        reason = getattr(found, "skip_reason", None)
-        if reason:
-            return Verdict(check, "skip", f"{workload} workload unavailable: {reason}")
-        return Verdict(check, "error", f"no checker implementation for {check} yet")
+        if found.skip_reason:
+            return Verdict(check, "skip", f"{workload} workload unavailable: {found.skip_reason}")
+        if found.error_reason:
+            return Verdict(check, "error", f"{workload} workload never got ready: {found.error_reason}")
+        if implementation is None:
+            return Verdict(check, "error", f"no checker implementation for {check} yet")
+        return implementation(ctx, params)
 
-    checker.__doc__ = f"Needs the {workload} workload."
+    checker.__doc__ = (implementation.__doc__ if implementation else "") + f" Needs the {workload} workload."
     return checker
+
+
+def raft_linearizable(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """The recorded key-value history is linearizable (consensus/history.py, WGL per key)."""
+    from agentnode.consensus.history import check_history
+
+    workload = ctx.workloads["raft_kv"]
+    workload.stop()  # the history must be complete: no operation may start after the check
+    operations = workload.operations()  # type: ignore[attr-defined]
+    counts: dict[str, int] = {}
+    for op in operations:
+        counts[op.status] = counts.get(op.status, 0) + 1
+    if counts.get("ok", 0) == 0:
+        return Verdict("raft_linearizable", "error", "no key-value operation completed; nothing to check", {"operations": counts})
+    results = check_history(operations, states_max=int(params.get("states_max", 200_000)))
+    per_key = {k: {"linearizable": r.linearizable, "operations": r.operations, "states": r.states, "reason": r.reason} for k, r in results.items()}
+    evidence = {"operations": counts, "keys": per_key}
+    bad = [k for k, r in results.items() if r.linearizable is False]
+    undecided = [k for k, r in results.items() if r.linearizable is None]
+    if bad:
+        key_ops = [op.to_json() for op in operations if op.key == bad[0]][:EVIDENCE_LINES_MAX]
+        evidence["first_bad_key_operations"] = key_ops
+        return Verdict("raft_linearizable", "fail", f"key(s) {', '.join(bad)} have no linearization", evidence)
+    if undecided:
+        return Verdict("raft_linearizable", "error", f"search bound reached for key(s) {', '.join(undecided)}: no verdict", evidence)
+    return Verdict(
+        "raft_linearizable", "pass",
+        f"{len(operations)} operations on {len(results)} keys are linearizable "
+        f"({counts.get('ok', 0)} ok, {counts.get('fail', 0)} failed, {counts.get('unknown', 0)} unknown)",
+        evidence,
+    )
+
+
+def raft_one_leader_per_term(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """No two nodes claimed leadership in the same term (from every node's raft_status polls)."""
+    del params
+    workload = ctx.workloads["raft_kv"]
+    statuses = list(workload.statuses)  # type: ignore[attr-defined]
+    ids = {n.node_id: n.index for n in ctx.cluster.nodes}
+    leaders: dict[Any, set[str]] = {}
+    for _t, _polled, term, role, _leader, reporter in statuses:
+        if role == "leader" and term is not None and reporter:
+            leaders.setdefault(term, set()).add(reporter)
+    evidence = {
+        "status_polls": len(statuses),
+        "leaders_by_term": {str(t): sorted(str(ids.get(x, x)) for x in v) for t, v in sorted(leaders.items(), key=lambda kv: str(kv[0]))},
+    }
+    if not leaders:
+        return Verdict("raft_one_leader_per_term", "error", "no node ever reported itself leader", evidence)
+    double = {t: v for t, v in leaders.items() if len(v) > 1}
+    if double:
+        return Verdict("raft_one_leader_per_term", "fail", f"{len(double)} term(s) had two self-declared leaders", evidence)
+    return Verdict("raft_one_leader_per_term", "pass", f"{len(leaders)} term(s) observed, one leader each ({len(statuses)} polls)", evidence)
+
+
+def minority_fails_fast(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """Strong writes sent to the minority side of a partition failed within `max_ms` instead of hanging."""
+    max_ms = float(params.get("max_ms", 3000))
+    grace_s = float(params.get("grace_s", 0.0))
+    windows = []
+    for k, event in enumerate(ctx.timeline):
+        if event.action == "partition" and not event.error:
+            end = next((e.t_s for e in ctx.timeline[k + 1:] if e.action in ("heal", "heal_partition", "end")), None)
+            windows.append((event.t_s + grace_s, end if end is not None else float("inf"), set(event.nodes)))
+    if not windows:
+        return Verdict("minority_fails_fast", "error", "the scenario made no partition")
+    writes = [s for s in ctx.recorder.samples("raft_kv") if s.op in ("put", "cas")]
+    inside = [s for s in writes for (a, b, minority) in windows if s.node in minority and a <= s.t_s - s.latency_ms / 1000 <= b]
+    if not inside:
+        return Verdict("minority_fails_fast", "error", "no write was sent to the minority side during the partition")
+    slow = [s for s in inside if s.latency_ms > max_ms]
+    succeeded = [s for s in inside if s.ok]
+    kinds: dict[str, int] = {}
+    for s in inside:
+        kinds[s.error or "ok"] = kinds.get(s.error or "ok", 0) + 1
+    latencies = sorted(s.latency_ms for s in inside if not s.ok)
+    evidence = {
+        "minority_writes": len(inside),
+        "outcomes": kinds,
+        "failed_latency_ms": {"median": round(latencies[len(latencies) // 2], 1), "max": round(latencies[-1], 1)} if latencies else {},
+        "slower_than_max": [{"t_s": round(s.t_s, 2), "node": s.node, "latency_ms": round(s.latency_ms), "error": s.error} for s in slow[:EVIDENCE_LINES_MAX]],
+    }
+    if slow:
+        return Verdict("minority_fails_fast", "fail", f"{len(slow)} of {len(inside)} minority-side writes took longer than {max_ms:g} ms", evidence)
+    return Verdict(
+        "minority_fails_fast", "pass",
+        f"all {len(inside)} minority-side writes finished within {max_ms:g} ms ({len(succeeded)} succeeded before the split was noticed)",
+        evidence,
+    )
 
 
 CHECKERS: dict[str, Checker] = {
@@ -220,9 +311,9 @@ CHECKERS: dict[str, Checker] = {
     "no_unexpected_exit": no_unexpected_exit,
     "disk_full_clear_error": disk_full_clear_error,
     "crdt_converged": _needs_workload("crdt_converged", "crdt"),
-    "raft_linearizable": _needs_workload("raft_linearizable", "raft_kv"),
-    "raft_one_leader_per_term": _needs_workload("raft_one_leader_per_term", "raft_kv"),
-    "minority_fails_fast": _needs_workload("minority_fails_fast", "raft_kv"),
+    "raft_linearizable": _needs_workload("raft_linearizable", "raft_kv", raft_linearizable),
+    "raft_one_leader_per_term": _needs_workload("raft_one_leader_per_term", "raft_kv", raft_one_leader_per_term),
+    "minority_fails_fast": _needs_workload("minority_fails_fast", "raft_kv", minority_fails_fast),
     "durable_exactly_once": _needs_workload("durable_exactly_once", "durable_messages"),
 }
 

@@ -93,9 +93,12 @@ def run_scenario(
             say(f"cluster formed in {ctx.converged_s} s")
         except WaitTimeout as exc:
             result.reason = str(exc)
+        _prepare_workloads(scenario, ctx, result)
         ctx.started = time.monotonic()
         ctx.converged_s = 0.0 if ctx.converged_s is not None else None
-        _start_workloads(scenario, ctx, result)
+        for workload in ctx.workloads.values():
+            if workload.skip_reason is None and workload.error_reason is None:
+                workload.start()
         if ctx.converged_s is not None:
             _run_faults(scenario, ctx, say)
         ctx.faults_ended_s = ctx.elapsed()
@@ -138,8 +141,9 @@ def apply_fault(ctx: RunContext, action: str, params: dict[str, Any]) -> tuple[i
     cluster = ctx.cluster
     size = cluster.size
     if action == "partition":
-        cluster.apply(cluster.net.partition(resolve_groups(params, size)))
-        return ()
+        groups = resolve_groups(params, size)
+        cluster.apply(cluster.net.partition(groups))
+        return tuple(min(groups, key=len))  # the minority side, for minority_fails_fast
     if action == "one_way":
         cluster.apply(cluster.net.one_way(resolve_set(params.get("from"), size), resolve_set(params.get("to"), size)))
         return ()
@@ -162,7 +166,7 @@ def apply_fault(ctx: RunContext, action: str, params: dict[str, Any]) -> tuple[i
     if action == "heal":
         cluster.apply(cluster.net.healed())
         return ()
-    node = _node(ctx, params.get("node"))
+    node = _node(ctx, params.get("node"), params.get("else_node"))
     if action == "bandwidth":
         cluster.apply(cluster.net.rate(node, int(params["kbit"])))
     elif action == "kill":
@@ -186,19 +190,26 @@ def apply_fault(ctx: RunContext, action: str, params: dict[str, Any]) -> tuple[i
     return (node,)
 
 
-def _node(ctx: RunContext, value: Any) -> int:
+def _node(ctx: RunContext, value: Any, fallback: Any = None) -> int:
     if value == "random":
         live = [n.index for n in ctx.cluster.live()]
         if not live:
             raise ValueError("no live node to pick at random")
         return ctx.rng.choice(live)
+    if value == "last":
+        for event in reversed(ctx.timeline):
+            if event.action in ("kill", "stop", "pause", "fill_disk") and event.nodes and not event.error:
+                return event.nodes[0]
+        raise ValueError("no earlier kill/stop/pause/fill_disk to refer to as \"last\"")
     if value == "leader":
         for workload in ctx.workloads.values():
-            if getattr(workload, "skip_reason", None):
+            if workload.skip_reason or workload.error_reason:
                 continue
             found = workload.resolve("leader")
             if found is not None:
                 return found
+        if fallback is not None:
+            return resolve_index(fallback, ctx.cluster.size)
         raise ValueError("no running workload knows a leader (the Raft workload is unavailable)")
     return resolve_index(value, ctx.cluster.size)
 
@@ -237,30 +248,37 @@ def _end_faults(ctx: RunContext) -> None:
         ctx.timeline.append(FaultEvent(round(at, 2), "end", "faults stop", (), f"{type(exc).__name__}: {exc}"))
 
 
-def _start_workloads(scenario: Scenario, ctx: RunContext, result: RunResult) -> None:
+def _prepare_workloads(scenario: Scenario, ctx: RunContext, result: RunResult) -> None:
     for spec in scenario.workloads:
         factory = WORKLOADS.get(spec.kind)
         if factory is None:
             result.workloads[spec.kind] = {"status": "error", "reason": f"unknown workload {spec.kind!r}; known: {', '.join(sorted(WORKLOADS))}"}
             continue
         workload: Workload = factory(spec.params, ctx)
-        reason = workload.unavailable()
-        workload.skip_reason = reason  # type: ignore[attr-defined]
         ctx.workloads[spec.kind] = workload
-        if reason:
-            result.workloads[spec.kind] = {"status": "skip", "reason": reason}
-        else:
-            workload.start()
-            result.workloads[spec.kind] = {"status": "ran"}
+        workload.skip_reason = workload.unavailable()
+        if workload.skip_reason:
+            result.workloads[spec.kind] = {"status": "skip", "reason": workload.skip_reason}
+            continue
+        try:
+            workload.prepare()
+        except Exception as exc:  # the surface exists but did not get ready: an error, not a skip
+            workload.error_reason = f"{type(exc).__name__}: {exc}"
+            result.workloads[spec.kind] = {"status": "error", "reason": workload.error_reason}
+            continue
+        result.workloads[spec.kind] = {"status": "ran"}
 
 
 def _stop_workloads(ctx: RunContext, result: RunResult) -> None:
     for kind, workload in ctx.workloads.items():
-        if getattr(workload, "skip_reason", None):
+        if workload.skip_reason or workload.error_reason:
             continue
-        workload.stop()
         entry = result.workloads.setdefault(kind, {"status": "ran"})
-        entry["summary"] = workload.summary()
+        try:
+            workload.stop()
+            entry["summary"] = workload.summary()
+        except Exception as exc:  # a workload bug must not stop the cleanup
+            entry["summary_error"] = f"{type(exc).__name__}: {exc}"
         entry["samples"] = len(ctx.recorder.samples(kind))
         if workload.errors:
             entry["errors"] = workload.errors[:20]

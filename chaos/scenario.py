@@ -28,7 +28,8 @@ within_s = 30
 ```
 
 Node references are indices (negative counts from the end, as in Python), "random" (drawn from
-the run's seed) or "leader" (resolved at run time by a workload that knows one).
+the run's seed), "leader" (resolved at run time by a workload that knows one; `else_node` names a
+fallback) or "last" (the node of the latest kill, stop, pause or fill_disk).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ ACTIONS: dict[str, str] = {
 SCENARIO_DURATION_MAX_S = 3600.0
 """A scenario's fault phase is bounded; soaks longer than an hour are split into several runs."""
 NODES_MAX = 32
+SYMBOLIC_NODES = ("random", "leader", "last")
+"""random: drawn from the run's seed; leader: the Raft leader now; last: the node of the latest kill/stop/pause/fill_disk."""
 
 
 class ScenarioError(ValueError):
@@ -297,7 +300,7 @@ def _check_fault(fault: FaultSpec, scenario: Scenario) -> None:
     elif fault.action in ("one_way", "link"):
         resolve_set(p.get("from"), n)
         resolve_set(p.get("to"), n)
-    if "node" in p and p["node"] not in ("random", "leader"):
+    if "node" in p and p["node"] not in SYMBOLIC_NODES:
         index = resolve_index(p["node"], n)
         if fault.action == "skew" and index not in [resolve_index(s, n) for s in scenario.skewable]:
             raise ScenarioError(f"node {p['node']} is not listed in `skewable`")

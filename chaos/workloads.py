@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from agentnode.control import ControlError
+from agentnode.control import ControlError, NodeNotRunning
 
 if TYPE_CHECKING:
     from agentnode.chaos.cluster import ChaosCluster, ChaosNode
@@ -161,6 +161,10 @@ class Workload:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors: list[str] = []
+        self.skip_reason: str | None = None
+        """Set by the runner: the surface is missing (checkers that need this workload skip)."""
+        self.error_reason: str | None = None
+        """Set by the runner: the surface exists but never got ready (checkers report an error)."""
 
     def unavailable(self) -> str | None:
         """Why this workload cannot run against this node build, or None."""
@@ -178,6 +182,9 @@ class Workload:
                 )
             return None
         return "no live node answered the control socket"
+
+    def prepare(self) -> None:
+        """Wait (bounded) until the surface is ready, before time 0 of the faults phase."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=f"chaos-{self.kind}", daemon=True)
@@ -299,15 +306,165 @@ class SurfaceWorkload(Workload):
         raise RuntimeError("unavailable workloads are never started")
 
 
+class RaftKvWorkload(Workload):
+    """Linearizable key-value clients (`kv_get`/`kv_put`/`kv_cas`) with the Raft history recorder.
+
+    `clients` threads, client c bound to node c mod N, each issuing one operation at a time on a
+    few shared keys. Outcomes follow consensus/history.py: a proven not-applied error (NoQuorum,
+    NotLeader, NotVoter, overload, node not running) is `fail`; a timeout or anything else is
+    `unknown`. A separate poller records every node's `raft_status` (term, role, leader) for the
+    one-leader-per-term check and to resolve the fault target "leader".
+    """
+
+    kind = "raft_kv"
+    requires_ops = ("kv_get", "kv_put", "kv_cas", "raft_status")
+    surface = "Raft key-value"
+    interval_s_default = 0.05
+    op_timeout_s = 6.0
+    """Longer than the node's own ConsensusTimeout, so the node, not the harness, decides the outcome."""
+    not_applied = frozenset({"NoQuorum", "NotLeader", "NotVoter", "RaftOverloaded", "RaftUnavailable", "NodeNotRunning", "ValueError"})
+    ready_timeout_s = 45.0
+
+    def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
+        from agentnode.consensus.history import HistoryRecorder
+
+        super().__init__(params, ctx)
+        self.clients = int(self.params.get("clients", 3))
+        self.keys = [f"chaos-k{k}" for k in range(int(self.params.get("keys", 2)))]
+        self.history = HistoryRecorder()
+        self.history_lock = threading.Lock()
+        self.statuses: list[tuple[float, int, Any, Any, Any, Any]] = []
+        """(t_s, polled node, term, role, leader id, reporting node id) from raft_status polls.
+
+        A non-leader answers with the leader's own view when it can reach it, so `role` belongs to
+        the reporting node id, not necessarily to the polled node."""
+        self.error_kinds: dict[str, int] = {}
+        self._threads: list[threading.Thread] = []
+
+    def prepare(self) -> None:
+        deadline = time.monotonic() + float(self.params.get("ready_timeout_s", self.ready_timeout_s))
+        while time.monotonic() < deadline:
+            for node in self.ctx.cluster.live():
+                ok, value, _, _ = self._timed(node, "raft_status")
+                if ok and isinstance(value, dict) and value.get("leader") and value.get("has_quorum") is not False:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"the Raft group did not elect a leader within {self.ready_timeout_s} s")
+
+    def start(self) -> None:
+        super().start()  # the status poller
+        for c in range(self.clients):
+            thread = threading.Thread(target=self._client, args=(c,), name=f"chaos-raft-c{c}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self) -> None:
+        super().stop()
+        for thread in self._threads:
+            thread.join(timeout=self.op_timeout_s + STOP_JOIN_S)
+
+    def step(self) -> None:
+        """Poll every live node's view of the group (every `status_interval_s`)."""
+        for node in self.ctx.cluster.live():
+            ok, value, _, _ = self._timed(node, "raft_status")
+            if ok and isinstance(value, dict):
+                self.statuses.append((self.ctx.elapsed(), node.index, value.get("term"), value.get("role"), value.get("leader"), value.get("node_id")))
+        self._stop.wait(float(self.params.get("status_interval_s", 0.5)))
+
+    def resolve(self, name: str) -> int | None:
+        if name != "leader":
+            return None
+        ids = {n.node_id: n.index for n in self.ctx.cluster.nodes}
+        for node in self.ctx.cluster.live():
+            ok, value, _, _ = self._timed(node, "raft_status")
+            if ok and isinstance(value, dict) and value.get("leader") in ids:
+                return ids[value["leader"]]
+        return None
+
+    def operations(self) -> list[Any]:
+        with self.history_lock:
+            return self.history.close()
+
+    def summary(self) -> dict[str, Any]:
+        with self.history_lock:
+            done = self.history.operations
+        by_status: dict[str, int] = {}
+        for op in done:
+            by_status[op.status] = by_status.get(op.status, 0) + 1
+        return {"operations": by_status, "error_kinds": dict(sorted(self.error_kinds.items())), "status_polls": len(self.statuses)}
+
+    def _client(self, c: int) -> None:
+        rng = random.Random(f"{self.ctx.rng.random()}:{c}")
+        seq = 0
+        cluster = self.ctx.cluster
+        while not self._stop.is_set():
+            node = cluster.nodes[c % cluster.size]
+            key = rng.choice(self.keys)
+            kind = rng.choice(("get", "put", "cas"))
+            seq += 1
+            value = f"c{c}-{seq}"
+            expected = None
+            if kind == "cas":
+                expected = self._last_read.get(key) if hasattr(self, "_last_read") else None
+            args: dict[str, Any] = {"key": key}
+            if kind == "put":
+                args["value"] = value
+            elif kind == "cas":
+                args["value"] = value
+                if expected is None:
+                    args["expected_absent"] = True
+                else:
+                    args["expected"] = expected
+            op_name = {"get": "kv_get", "put": "kv_put", "cas": "kv_cas"}[kind]
+            with self.history_lock:
+                op_id = self.history.invoke(f"c{c}", kind, key, self._now_ms(), value if kind != "get" else None, expected)
+            started = time.monotonic()
+            try:
+                result = node.call(op_name, timeout_s=self.op_timeout_s, **args)
+                error_kind = ""
+            except NodeNotRunning:
+                result, error_kind = None, "NodeNotRunning"
+            except ControlError as exc:
+                result, error_kind = None, exc.kind
+            except OSError as exc:
+                result, error_kind = None, "socket.timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            latency = (time.monotonic() - started) * 1000
+            with self.history_lock:
+                if not error_kind:
+                    outcome: Any = None
+                    if kind == "get":
+                        outcome = result.get("value") if result.get("found") else None
+                        self._remember(key, outcome)
+                    elif kind == "cas":
+                        outcome = bool(result.get("ok"))
+                    self.history.ok(op_id, self._now_ms(), outcome)
+                elif error_kind in self.not_applied:
+                    self.history.fail(op_id, self._now_ms())
+                else:
+                    self.history.unknown(op_id)
+                if error_kind:
+                    self.error_kinds[error_kind] = self.error_kinds.get(error_kind, 0) + 1
+            self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, kind, not error_kind, latency, None, error_kind))
+            self._stop.wait(self.interval_s)
+
+    def _remember(self, key: str, value: Any) -> None:
+        if not hasattr(self, "_last_read"):
+            self._last_read: dict[str, Any] = {}
+        self._last_read[key] = value
+
+    def _now_ms(self) -> int:
+        return int((time.monotonic() - self.ctx.started) * 1000)
+
+
 def _surface(kind: str, ops: tuple[str, ...], surface: str) -> type[SurfaceWorkload]:
     return type(f"{kind.title().replace('_', '')}Workload", (SurfaceWorkload,), {"kind": kind, "requires_ops": ops, "surface": surface})
 
 
 WORKLOADS: dict[str, Callable[[dict[str, Any], RunContext], Workload]] = {
     "membership": MembershipWorkload,
+    "raft_kv": RaftKvWorkload,
     "crdt": _surface("crdt", ("state.set", "state.get", "state.incr"), "replicated CRDT state (agentnode state ...)"),
-    "raft_kv": _surface("raft_kv", ("kv.put", "kv.get", "kv.cas", "raft.status"), "Raft key-value (agentnode kv ...)"),
-    "locks": _surface("locks", ("lock.acquire", "lock.release"), "Raft locks (agentnode lock ...)"),
+    "locks": _surface("locks", ("lock_acquire", "lock_release"), "Raft locks (agentnode lock ...)"),
     "durable_messages": _surface("durable_messages", ("message.send",), "durable agent messages"),
     "unicast": _surface("unicast", ("message.send", "message.request"), "agent unicast and request/response"),
     "broadcast": _surface("broadcast", ("broadcast.send",), "broadcast"),
