@@ -484,6 +484,11 @@ class Delivery:
                             KIND_ERROR if error is not None else KIND_RESPONSE, request.msg_id, request.dest_agent,
                             mode, request.priority, 0, False, None)
 
+    def next_msg_id(self) -> MessageId:
+        """Allocate an id for a later `send(..., mode="durable", msg_id=...)`: store it in the outbox first."""
+        self._counter += 1
+        return MessageId(self.node_id, self.epoch, self._counter)
+
     def capacity(self, dest_node: str, dest_agent: str, priority: int = PRIORITY_NORMAL) -> int:
         """How many more messages `send` accepts for that channel right now."""
         ch = self._send.get((dest_node, dest_agent, priority))

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from agentnode import events as ev
+from agentnode.agents import AgentAPI, AgentService, MessagingConfig
 from agentnode.clock import ClockService
 from agentnode.config import NodeConfig
 from agentnode.control import ControlServer
@@ -42,7 +43,7 @@ class NodeStopped(RuntimeError):
     """The node is not running (not started yet, or already stopped)."""
 
 
-class Node:
+class Node(AgentAPI):
     """One node, usable as `async with Node(config) as node:` or run by `agentnode join`.
 
     The constructor allocates only; `start()` takes the data-directory lock, binds the transport,
@@ -57,8 +58,11 @@ class Node:
         discovery: Discovery | None = None,
         control: bool = True,
         rng: random.Random | None = None,
+        messaging: MessagingConfig | None = None,
     ) -> None:
         self.config = config
+        self._messaging = messaging
+        self._agent_service: AgentService | None = None
         self._data = DataDir(config.data_dir)
         self._transport = transport
         self._discovery = discovery
@@ -126,6 +130,8 @@ class Node:
         self._persist(incarnation=incarnation)
         self._clock = ClockService(self)
         self._clock.attach()
+        self._agent_service = AgentService(self, self._data.path, self._fork_rng("agents"), self._messaging)
+        self._agent_service.attach()
         now = self._now_ms()
         self._core.start(now)
         await self.state.start()
@@ -153,6 +159,7 @@ class Node:
 
             self._metrics = MetricsServer(self, self.config.metrics)
             await self._metrics.start()
+        await self._agent_service.start()
         self._started_at = time.time()
         self._pump()
         log.info("node %s listening on %s (cluster %s, %s)", self.node_id, advertised, self.config.cluster, self.config.transport)
@@ -173,6 +180,8 @@ class Node:
         if self._timer is not None:
             self._timer.cancel()
         self._write_peer_cache()
+        if self._agent_service is not None:
+            await self._agent_service.close()
         await self._close_io()
         self._data.unlock()
         for queue in self._subscribers:
@@ -343,6 +352,10 @@ class Node:
                 listener(event)
             except Exception:  # one faulty service must not stop membership
                 log.exception("member listener %r failed on %s", listener, type(event).__name__)
+        self._publish_event(event)
+
+    def _publish_event(self, event: Any) -> None:
+        """Hand `event` (membership, agent up/down, unobserved message failure) to every `events()` reader."""
         for queue in self._subscribers:
             if queue.full():
                 queue.get_nowait()
@@ -420,6 +433,8 @@ class Node:
         self._control.add("status", status)
         self._control.add("peers", peers)
         self._control.add("leave", leave)
+        if self._agent_service is not None:
+            self._agent_service.register_control(self._control)
         self.state.add_control_ops(self._control)
 
 
