@@ -482,6 +482,9 @@ class RaftService:
         return group is not None and group.state.is_revoked(node_id)
 
     def _require_enabled(self) -> None:
+        if self._this_node_revoked:
+            raise RaftUnavailable(f"this node ({self._node_id}) was revoked from the cluster and every node refuses it; "
+                                  "issue it a new key and certificate to rejoin")
         if self._settings is not None and not self._settings.enabled:
             raise RaftUnavailable("the Raft service is disabled on this node (raft.json: enabled=false); "
                                   "run the command on another node")
@@ -538,12 +541,22 @@ class RaftService:
 
     async def revoke_node(self, node_id: str, reason: str = "") -> RosterResult:
         """Revoke `node_id` for good; every node then drops its frames. A revoked voter is removed."""
+        self._require_enabled()
         if node_id == self._node_id:
             raise ValueError("a node cannot revoke itself; run the command on another node")
-        result: RosterResult = await self.propose(c.RevokeNode(node_id, reason))
+        command = c.RevokeNode(node_id, reason)
+        if self._group is None:
+            return await self._forward("revoke", [c.to_wire(command)], write=True, avoid=node_id)
+        return await self._revoke_here(command)
+
+    async def _revoke_here(self, command: c.RevokeNode) -> RosterResult:
+        """On a voter: commit the revocation, tell the revoked node, then tell everyone else."""
+        assert self._group is not None
+        result: RosterResult = await self._group.propose(command)
         if result.ok or result.reason == "already_revoked":
-            self._learn_revoked([node_id])
-            self._broadcast([K_REVOKED, [node_id]])
+            self._send_to(command.node_id, [K_REVOKED, [command.node_id]], to_revoked=True)
+            self._learn_revoked([command.node_id])
+            self._broadcast([K_REVOKED, [command.node_id]])
         return result
 
     async def status(self) -> dict[str, Any]:
@@ -796,6 +809,11 @@ class RaftService:
                 raise ValueError("read takes [query, linearizable]")
             read = await group.read(command, args[1])
             return [encode_result(read.value), read.applied_index, read.leader]
+        if op == "revoke":
+            command = _command_arg(args, 1)
+            if not isinstance(command, c.RevokeNode):
+                raise ValueError("revoke takes [RevokeNode]")
+            return encode_result(await self._revoke_here(command))
         if op == "add_voter" and len(args) == 1 and isinstance(args[0], str):
             return await self._add_voter_here(args[0])
         if op == "remove_voter" and len(args) == 1 and isinstance(args[0], str):
@@ -902,9 +920,9 @@ class RaftService:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def _send_to(self, node_id: str, body: list[Any]) -> bool:
+    def _send_to(self, node_id: str, body: list[Any], *, to_revoked: bool = False) -> bool:
         address = self._addresses.get(node_id)
-        if address is None or self._states.get(node_id) in ("dead", "left") or self.refuses(node_id):
+        if address is None or self._states.get(node_id) in ("dead", "left") or (self.refuses(node_id) and not to_revoked):
             self.stats.sends_unroutable += 1
             return False
         try:
@@ -979,7 +997,7 @@ class RaftService:
                 if not (isinstance(payload, list) and len(payload) == 3 and type(payload[1]) is int):
                     raise ResultDecodeError("bad read answer")
                 return decode_result(payload[0]), payload[1], payload[2] if isinstance(payload[2], str) else None
-            if op == "propose":
+            if op in ("propose", "revoke"):
                 return decode_result(payload)
             return payload
         except ResultDecodeError as exc:
