@@ -13,7 +13,8 @@ One `Replicator` per node wraps a `crdt.StateStore` and decides who gets what an
 - **Digest exchange** (push-pull, like memberlist's): every `digest_interval_ms` with one random
   peer, and at once with a peer that comes up new, is far behind (backlog over
   `backlog_deltas_max`) or whose deltas fell out of the bounded log. The initiator sends one
-  digest per bucket (`digest_buckets` x 16 bytes); the peer answers with per-key digests of the
+  8-byte digest per bucket (a power of two, about one bucket per `keys_per_bucket` keys, at least
+  `digest_buckets_min`, at most 4096); the peer answers with per-key digests of the
   buckets that differ; the initiator sends the full states the peer lacks plus its own key
   digests; the peer sends back what the initiator lacks. Only differing keys travel. While a
   peer is being synchronised its delta stream waits, and resumes after the repair point
@@ -103,7 +104,12 @@ MAX_PENDING_REQUESTS = 10_000
 """Reads and writes waiting for replies; more is caller misuse (await them)."""
 MAX_ROUNDS = 256
 """Digest rounds in flight (one per peer at most)."""
+KEY_DIGEST_BYTES = 8
+"""Per-key digests travel truncated to 64 bits: a false "equal" needs a 2^-64 collision, and it
+halves the bytes of a key-digest exchange."""
 BUCKETS_MAX = 4096
+"""Finest bucket level, kept incrementally; coarser power-of-two levels are folds of it."""
+BUCKET_DIGEST_BYTES = 8
 """Largest digest bucket count accepted from a peer."""
 FRAME_BYTES_TARGET = 256 * 1024
 """Estimated size at which a delta batch, key-digest list or repair is cut (frames are capped at
@@ -200,8 +206,13 @@ class ReplicationConfig:
     """A peer further behind than this is synchronised by digests instead of replaying the log."""
     digest_interval_ms: int = 1_000
     """Digest exchange with one random peer (memberlist push-pull is 30 s; a bucket digest is 2 KiB)."""
-    digest_buckets: int = 128
-    """Buckets in one digest; every node of a cluster must use the same count."""
+    digest_buckets_min: int = 64
+    """Fewest buckets in a digest (64 x 8 bytes); the initiator picks the count and the peer follows."""
+    keys_per_bucket: int = 8
+    """Target keys per bucket: a changed key costs the per-key digests of its bucket (~17 bytes each)."""
+    sync_stagger_ms: int = 100
+    """When two peers start synchronising with each other, the one with the greater id waits this long
+    for the other's round (serving it synchronises both), so one round does the work of two."""
     round_timeout_ms: int = 3_000
     """A digest round with no answer by then is abandoned (and retried at the next interval)."""
     gc_interval_ms: int = 5_000
@@ -213,13 +224,15 @@ class ReplicationConfig:
     """Deadline of a read or write that waits for replicas, unless the call gives one."""
 
     def __post_init__(self) -> None:
-        for name in ("delta_interval_ms", "ack_timeout_ms", "window_deltas", "batch_deltas_max", "backlog_deltas_max",
+        for name in ("delta_interval_ms", "ack_timeout_ms", "sync_stagger_ms", "window_deltas", "batch_deltas_max", "backlog_deltas_max",
                      "digest_interval_ms", "round_timeout_ms", "gc_interval_ms", "forget_dead_after_ms",
                      "default_timeout_ms"):
             if type(getattr(self, name)) is not int or getattr(self, name) < 1:
                 raise ValueError(f"ReplicationConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        if not 1 <= self.digest_buckets <= BUCKETS_MAX:
-            raise ValueError(f"ReplicationConfig.digest_buckets must be 1..{BUCKETS_MAX}")
+        if not 1 <= self.digest_buckets_min <= BUCKETS_MAX or self.digest_buckets_min & (self.digest_buckets_min - 1):
+            raise ValueError(f"ReplicationConfig.digest_buckets_min must be a power of two in 1..{BUCKETS_MAX}")
+        if self.keys_per_bucket < 1:
+            raise ValueError("ReplicationConfig.keys_per_bucket must be at least 1")
 
 
 # -- events ------------------------------------------------------------------------------------
@@ -300,14 +313,15 @@ class _Inbound:
 
 
 class _Round:
-    __slots__ = ("peer", "seq", "deadline", "retry")
+    __slots__ = ("peer", "seq", "deadline", "count")
 
-    def __init__(self, peer: str, seq: int, deadline: int, retry: bool) -> None:
+    def __init__(self, peer: str, seq: int, deadline: int, count: int) -> None:
         self.peer = peer
         self.seq = seq
+        """Our log position when the digest left: the peer will have everything up to it."""
         self.deadline = deadline
-        self.retry = retry
-        """Already re-sent once because the peer's own digest showed it may have dropped ours."""
+        self.count = count
+        """Buckets in this round's digest."""
 
 
 class _Request:
@@ -364,6 +378,9 @@ class Replicator:
         self._inbound: dict[str, _Inbound] = {}
         self._peer_seen: dict[str, VectorClock] = {}
         self._rounds: dict[int, _Round] = {}
+        self._sync_at: dict[str, int] = {}
+        self._serving: dict[str, tuple[int, int, int]] = {}
+        """Rounds a peer started with us: peer -> (round id, our log position then, bucket count)."""
         self._requests: dict[int, _Request] = {}
         self._next_id = 1
         self._wire_cache: dict[int, tuple[list[Any], int]] = {}
@@ -373,9 +390,8 @@ class Replicator:
         self._outbox: list[Outgoing] = []
         self._events: deque[ReplicationEvent] = deque()
         self._dirty: dict[str, None] = {}
-        self._nb = self.config.digest_buckets
-        self._bucket_acc = [0] * self._nb
-        self._bucket_keys: list[dict[str, None]] = [{} for _ in range(self._nb)]
+        self._bucket_acc = [0] * BUCKETS_MAX
+        self._bucket_keys: list[dict[str, None]] = [{} for _ in range(BUCKETS_MAX)]
         self._key_hash: dict[str, int] = {}
         self._key_bucket: dict[str, int] = {}
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
@@ -485,10 +501,16 @@ class Replicator:
         """Per live peer: logged deltas it has not acknowledged yet."""
         return {p: self.store.last_seq - self._streams[p].acked for p in self._live if p in self._streams}
 
-    def bucket_digests(self) -> list[bytes]:
-        """The digest summary this core exchanges (XOR of per-key hashes per bucket)."""
+    def bucket_digests(self, count: int = BUCKETS_MAX) -> list[bytes]:
+        """The digest summary at `count` buckets (a power of two): XOR of per-key hashes per bucket."""
         self._refresh()
-        return [acc.to_bytes(16, "big") for acc in self._bucket_acc]
+        acc = self._bucket_acc
+        if count < BUCKETS_MAX:
+            folded = acc[:count]
+            for j in range(count, BUCKETS_MAX):
+                folded[j & (count - 1)] ^= acc[j]
+            acc = folded
+        return [(a >> 64 ^ a & 0xFFFFFFFFFFFFFFFF).to_bytes(BUCKET_DIGEST_BYTES, "big") for a in acc]
 
     def root_digest(self) -> bytes:
         """One digest of the whole replica (equal on converged replicas)."""
@@ -496,6 +518,14 @@ class Replicator:
         for d in self.bucket_digests():
             h.update(d)
         return h.digest()
+
+    def bucket_count(self) -> int:
+        """Buckets this replica asks for in a digest round: about one per `keys_per_bucket` keys."""
+        want = max(1, len(self.store) // self.config.keys_per_bucket)
+        count = self.config.digest_buckets_min
+        while count < want and count < BUCKETS_MAX:
+            count *= 2
+        return count
 
     def sync_with(self, node_id: str, now_ms: int) -> None:
         """Start a digest round with a live peer now (tests, operators)."""
@@ -537,6 +567,11 @@ class Replicator:
                 stream.sent = stream.acked  # go back: the batch or its ack was lost
                 self.counters["delta_resends"] += 1
                 self._flush_at = now_ms
+        for peer in [p for p, t in self._sync_at.items() if t <= now_ms]:
+            del self._sync_at[peer]
+            stream = self._streams.get(peer)
+            if stream is not None and stream.syncing and peer in self._live:
+                self._start_round(peer, now_ms)
         if self._flush_at is not None and now_ms >= self._flush_at:
             self._flush_at = None
             for peer in list(self._live):
@@ -556,6 +591,8 @@ class Replicator:
             due.append(min(q.deadline for q in self._requests.values()))
         if self._rounds:
             due.append(min(rd.deadline for rd in self._rounds.values()))
+        if self._sync_at:
+            due.append(min(self._sync_at.values()))
         for peer in self._live:
             stream = self._streams[peer]
             if not stream.syncing and stream.sent > stream.acked:
@@ -708,21 +745,16 @@ class Replicator:
         self._arm_flush(now_ms)
 
     def _on_digest(self, sender: str, body: list[Any], now_ms: int) -> None:
-        round_id, buckets, digests, seen = _fields(body, 4)
+        round_id, count, digests, seen = _fields(body, 4)
         round_id = _uint(round_id)
-        if type(buckets) is not int or buckets != self._nb:
+        if type(count) is not int or not 1 <= count <= BUCKETS_MAX or count & (count - 1):
             raise _Bad("bucket_mismatch")
-        if type(digests) is not list or len(digests) != self._nb:
+        if type(digests) is not list or len(digests) != count:
             raise _Bad("dropped_malformed")
         self._peer_seen[sender] = _vv(seen)
-        stream = self._streams.get(sender)
-        if stream is not None and stream.syncing:
-            # The peer now sees us; our own digest may have reached it before that and been dropped.
-            for rid in [r for r, rd in self._rounds.items() if rd.peer == sender and not rd.retry]:
-                del self._rounds[rid]
-                self._start_round(sender, now_ms, retry=True)
-        mine = self.bucket_digests()
-        differ = [i for i in range(self._nb) if digests[i] != mine[i]]
+        seq0 = self.store.last_seq
+        mine = self.bucket_digests(count)
+        differ = [i for i in range(count) if digests[i] != mine[i]]
         keys_flat: list[Any] = []
         size = 0
         used: list[int] = []
@@ -732,26 +764,29 @@ class Replicator:
                 truncated = True
                 break
             used.append(b)
-            for key in sorted(self._bucket_keys[b]):
-                d = self.store.digest([key])[key]
-                keys_flat.extend((key, d))
-                size += len(key) + 20
-        self._send(sender, [T_KEY_DIGESTS, round_id, used, keys_flat, truncated])
+            for key, d in self.store.digest(self._keys_in([b], count)).items():
+                keys_flat.extend((key, d[:KEY_DIGEST_BYTES]))
+                size += len(key) + KEY_DIGEST_BYTES + 4
+        self._send(sender, [T_KEY_DIGESTS, round_id, count, used, keys_flat, truncated])
+        if not differ:
+            self._synced(sender, seq0, now_ms)  # equal replicas: the peer has everything we had at seq0
+        elif not truncated:
+            self._serving[sender] = (round_id, seq0, count)
 
     def _on_key_digests(self, sender: str, body: list[Any], now_ms: int) -> None:
-        round_id, used, keys_flat, truncated = _fields(body, 4)
+        round_id, count, used, keys_flat, truncated = _fields(body, 5)
         round_id = _uint(round_id)
         rd = self._rounds.get(round_id)
-        if rd is None or rd.peer != sender:
+        if rd is None or rd.peer != sender or count != rd.count:
             return  # late answer to an abandoned round
         del self._rounds[round_id]
-        used = self._bucket_list(used)
+        used = self._bucket_list(used, count)
         remote = _key_digests(keys_flat)
         if type(truncated) is not bool:
             raise _Bad("dropped_malformed")
         complete = not truncated
         if used:
-            within = self._keys_in(used)
+            within = self._keys_in(used, count)
             complete &= self._send_repair(sender, round_id, remote, within, used)
         self.counters["rounds_completed"] += 1
         stream = self._streams.get(sender)
@@ -759,14 +794,7 @@ class Replicator:
             return
         if complete:
             # Everything we had when the digest left is now at the peer (or in flight before our next batch).
-            if rd.seq > stream.acked:
-                stream.acked = rd.seq
-                stream.sent = max(stream.sent, rd.seq)
-                stream.base = rd.seq
-            if stream.syncing:
-                stream.syncing = False
-                stream.sent = stream.acked
-            self._arm_flush(now_ms)
+            self._synced(sender, rd.seq, now_ms)
         else:
             self.counters["rounds_truncated"] += 1
             self._start_round(sender, now_ms)
@@ -775,13 +803,21 @@ class Replicator:
         round_id, repair_wire, used, keys_flat = _fields(body, 4)
         repair = Repair.from_wire(repair_wire, self.store.limits.wire)
         reply_needed = used is not None
+        serving = self._serving.pop(sender, None)
         if reply_needed:
-            used = self._bucket_list(used)
-            remote = _key_digests(keys_flat)
+            if serving is None or serving[0] != round_id:
+                reply_needed = False  # not a round we served (or a stale one): just apply the states
+            else:
+                used = self._bucket_list(used, serving[2])
+                remote = _key_digests(keys_flat)
         for key, state in repair.states:
             self._apply_state(key, state, "repair")
         if reply_needed and used:
-            self._send_repair(sender, _uint(round_id), remote, self._keys_in(used), None)
+            assert serving is not None
+            complete = self._send_repair(sender, round_id, remote, self._keys_in(used, serving[2]), None)
+            if complete:
+                # Serving the peer's round repaired it too: it now has all we had when we compared digests.
+                self._synced(sender, serving[1], now_ms)
 
     def _on_write(self, sender: str, body: list[Any], now_ms: int) -> None:
         request_id, delta_wire = _fields(body, 2)
@@ -900,20 +936,44 @@ class Replicator:
         stream.syncing = True
         stream.sent = stream.acked
         self.counters["syncs_started"] += 1
-        self._start_round(peer, now_ms)
+        if self.node_id < peer:
+            self._start_round(peer, now_ms)
+        else:
+            # Both sides usually start at once (both saw the other come up): the greater id waits,
+            # since serving the other side's round synchronises it as well.
+            self._sync_at[peer] = now_ms + self.config.sync_stagger_ms
 
-    def _start_round(self, peer: str, now_ms: int, *, retry: bool = False) -> None:
+    def _synced(self, peer: str, seq: int, now_ms: int) -> None:
+        """`peer` holds everything this replica had at log position `seq`: resume its stream after it."""
+        stream = self._streams.get(peer)
+        if stream is None or peer not in self._live:
+            return
+        if seq > stream.acked:
+            stream.acked = seq
+            stream.sent = max(stream.sent, seq)
+            stream.base = seq
+        if stream.syncing:
+            stream.syncing = False
+            stream.sent = stream.acked
+            self._sync_at.pop(peer, None)
+            for rid in [r for r, rd in self._rounds.items() if rd.peer == peer]:
+                del self._rounds[rid]
+        self._arm_flush(now_ms)
+
+    def _start_round(self, peer: str, now_ms: int) -> None:
         if any(rd.peer == peer for rd in self._rounds.values()) or len(self._rounds) >= MAX_ROUNDS:
             return
         round_id = self._next_id
         self._next_id += 1
-        self._rounds[round_id] = _Round(peer, self.store.last_seq, now_ms + self.config.round_timeout_ms, retry)
-        self._send(peer, [T_DIGEST, round_id, self._nb, self.bucket_digests(), _vv_flat(self.store.seen())])
+        count = self.bucket_count()
+        self._rounds[round_id] = _Round(peer, self.store.last_seq, now_ms + self.config.round_timeout_ms, count)
+        self._send(peer, [T_DIGEST, round_id, count, self.bucket_digests(count), _vv_flat(self.store.seen())])
         self.counters["rounds_started"] += 1
 
     def _send_repair(self, peer: str, round_id: int, remote: dict[str, bytes], within: list[str], used: list[int] | None) -> bool:
         """Send the states `peer` lacks among `within`; True unless the repair had to be cut short."""
-        keys = [k for k in self.store.differing_keys(remote, within) if k in within]
+        local = self.store.digest(within)
+        keys = sorted(k for k in local if local[k][:KEY_DIGEST_BYTES] != remote.get(k))
         states: list[tuple[str, Crdt]] = []
         size = 0
         complete = True
@@ -928,26 +988,28 @@ class Replicator:
         digests: list[Any] | None = None
         if used is not None:
             digests = []
-            for key, d in self.store.digest(within).items():
-                digests.extend((key, d))
+            for key, d in local.items():
+                digests.extend((key, d[:KEY_DIGEST_BYTES]))
         self._send(peer, [T_REPAIR, round_id, repair.to_wire(self.store.limits.wire), used, digests])
         self.counters["repairs_sent"] += 1
         self.counters["repair_states_sent"] += len(states)
         return complete
 
-    def _keys_in(self, buckets: list[int]) -> list[str]:
+    def _keys_in(self, buckets: list[int], count: int) -> list[str]:
+        """Held keys in the given buckets of the `count`-bucket level, sorted."""
         self._refresh()
         keys: list[str] = []
         for b in buckets:
-            keys.extend(self._bucket_keys[b])
+            for j in range(b, BUCKETS_MAX, count):
+                keys.extend(self._bucket_keys[j])
         return sorted(keys)
 
-    def _bucket_list(self, value: Any) -> list[int]:
-        if type(value) is not list or len(value) > self._nb:
+    def _bucket_list(self, value: Any, count: int) -> list[int]:
+        if type(value) is not list or len(value) > count:
             raise _Bad("dropped_malformed")
         out = []
         for b in value:
-            if type(b) is not int or not 0 <= b < self._nb:
+            if type(b) is not int or not 0 <= b < count:
                 raise _Bad("dropped_malformed")
             out.append(b)
         return sorted(set(out))
@@ -981,7 +1043,7 @@ class Replicator:
     def _bucket_of(self, key: str) -> int:
         b = self._key_bucket.get(key)
         if b is None:
-            b = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % self._nb
+            b = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % BUCKETS_MAX
             if len(self._key_bucket) < 4 * self.store.limits.keys_max:
                 self._key_bucket[key] = b
         return b
@@ -990,6 +1052,8 @@ class Replicator:
 
     def _forget(self, node_id: str) -> None:
         self._roster.pop(node_id, None)
+        self._sync_at.pop(node_id, None)
+        self._serving.pop(node_id, None)
         self._streams.pop(node_id, None)
         self._inbound.pop(node_id, None)
         self._peer_seen.pop(node_id, None)
@@ -1108,7 +1172,7 @@ def _key_digests(flat: Any) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for i in range(0, len(flat), 2):
         key, d = flat[i], flat[i + 1]
-        if type(key) is not str or not key or len(key) > 1024 or type(d) is not bytes or len(d) != 16:
+        if type(key) is not str or not key or len(key) > 1024 or type(d) is not bytes or len(d) != KEY_DIGEST_BYTES:
             raise _Bad("dropped_malformed")
         out[key] = d
     return out

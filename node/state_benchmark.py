@@ -30,6 +30,8 @@ from agentnode.replication import (
 __all__ = ["ReplicaNet", "run_state_benchmark"]
 
 _DELIVER, _TIMER, _CALL = 0, 1, 2
+_TYPE_NAMES = {64: "deltas", 65: "delta_ack", 66: "digest", 67: "key_digests", 68: "repair", 69: "write",
+               70: "write_ack", 71: "read", 72: "read_reply"}
 
 
 class ReplicaNet:
@@ -206,13 +208,14 @@ class ReplicaNet:
         core = self.nodes[node_id]
         for out in core.messages_to_send():
             data = self._packer.pack(out.frame)
+            dst = out.peer_id
+            if not self.up[node_id] or dst not in self.up or not self._linked(node_id, dst):
+                self.frames_dropped += 1  # no connection: nothing goes on the wire
+                continue
             kind = out.frame[2]
             self.bytes_by_type[kind] = self.bytes_by_type.get(kind, 0) + len(data)
             self.frames_by_type[kind] = self.frames_by_type.get(kind, 0) + 1
-            dst = out.peer_id
-            if not self.up[node_id] or dst not in self.up or not self._linked(node_id, dst) or (
-                self.loss and self.rng.random() < self.loss
-            ):
+            if self.loss and self.rng.random() < self.loss:
                 self.frames_dropped += 1
                 continue
             lo, hi = self.latency_ms
@@ -239,6 +242,7 @@ class ReplicaNet:
 def _local_updates(clock: Callable[[], float], count: int) -> dict[str, Any]:
     """Local updates/s through the replication core (store + log + bucket bookkeeping), 3 replicas."""
     net = ReplicaNet(3, seed=7)
+    net.run(1_000)
     core = net.node(0)
     keys = [f"counter-{i % 1000}" for i in range(count)]
     start = clock()
@@ -269,10 +273,11 @@ def _repair_bytes(keys: int, changed: int) -> dict[str, Any]:
     for i in range(changed):
         side = a if i % 2 else b
         net.call(side, lambda c, i=i: c.update(f"key-{(i * 7919) % keys:05d}", "orset", "add", (f"w{i}",), net.now))
-    base = net.bytes_total()
+    base = dict(net.bytes_by_type)
     net.heal()
     net.run_until(net.now + 60_000, stop=net.converged)
-    repair = net.bytes_total() - base
+    by_type = {t: v - base.get(t, 0) for t, v in net.bytes_by_type.items() if v - base.get(t, 0)}
+    repair = sum(by_type.values())
     store = net.nodes[a].store
     full = sum(len(msgpack.packb([k, to_wire(st)], use_bin_type=True)) for k, st in store.state_for(store.keys()).items())
     return {
@@ -281,6 +286,7 @@ def _repair_bytes(keys: int, changed: int) -> dict[str, Any]:
         "repair_bytes": repair,
         "full_state_bytes": full,
         "ratio": round(repair / full, 3) if full else None,
+        "bytes_by_frame_type": {_TYPE_NAMES.get(t, str(t)): v for t, v in sorted(by_type.items())},
         "converged": net.converged(),
     }
 
@@ -317,7 +323,7 @@ def _partition_heal(nodes: int, keys: int, writes: int, partition_ms: int, seed:
         writer = side[net.rng.randrange(len(side))]
         key = f"k{net.rng.randrange(keys):05d}"
         net.at(start + 1_000 + w * step * 9 // 10, lambda writer=writer, key=key: net.call(
-            writer, lambda c: c.update(key, "gcounter", "increment", 1, net.now)))
+            writer, lambda c: c.update(key, "gcounter", "increment", (1,), net.now)))
     net.run(partition_ms)
     sides_converged = net.converged(left) and net.converged(right)
     before = net.bytes_total()

@@ -273,7 +273,8 @@ def test_garbage_and_foreign_frames_are_counted_not_raised() -> None:
                                             for _ in range(rng.randrange(0, 7))]])
     frames.append([1, "c1", T_DELTAS, 0, 0, 1, 0, [1, [1, 2, 3, 4]]])
     frames.append([1, "c1", T_DIGEST, 1, 128, [b"x"] * 128, ["a", 0]])
-    frames.append([1, "c1", T_KEY_DIGESTS, 1, [999], [], False])
+    frames.append([1, "c1", T_DIGEST, 1, 100, [b"x"] * 100, []])
+    frames.append([1, "c1", T_KEY_DIGESTS, 1, 64, [999], [], False])
     for frame in frames:
         core.receive("peer", frame, 10)
         core.receive("stranger", frame, 10)
@@ -325,5 +326,5 @@ def test_digest_round_costs_a_fixed_summary_when_replicas_agree() -> None:
     rounds = net.nodes[a].counters["rounds_started"] + net.nodes[b].counters["rounds_started"] - rounds_before
     assert rounds >= 5
     per_round = (net.bytes_by_type[T_DIGEST] - before_digest) / rounds
-    assert per_round < 128 * 18 + 200  # 128 bucket digests, whatever the key count
+    assert per_round < 256 * 10 + 200  # 256 bucket digests of 8 bytes for 2,000 keys
     assert (net.bytes_by_type[T_KEY_DIGESTS] - before_keys) / rounds < 20  # empty answers
