@@ -106,6 +106,7 @@ __all__ = [
     "UnknownAgentError",
     "add_start_hook",
     "entry_json",
+    "start_demo_agents",
 ]
 
 log = logging.getLogger("agentnode.agents")
@@ -504,6 +505,7 @@ class AgentService:
         self._room: asyncio.Future[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._builtin: Agent | None = None
+        self._demo_task: asyncio.Task[None] | None = None
         self._closed = False
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
 
@@ -548,8 +550,7 @@ class AgentService:
         if self._timer is not None:
             self._timer.cancel()
         tasks = [t for a in self._agents.values() for t in a._workers]
-        if self._health_task is not None:
-            tasks.append(self._health_task)
+        tasks += [t for t in (self._health_task, self._demo_task) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -1370,3 +1371,61 @@ def _seconds_ms(seconds: float, what: str) -> int:
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+# -- demo agents (`agentnode join --demo-agents`, `agentnode dev up`) ---------------------------------------
+
+DEMO_DIR = "demo-agents"
+"""Where demo agents log what they receive (one JSON line per message), inside the data directory."""
+DEMO_TICK_S = 2.0
+"""How often the demo ticker asks some echo agent something, so a newcomer sees messages flow."""
+
+
+async def start_demo_agents(node: Node) -> list[Agent]:
+    """Register the demo agents on `node`: echo, counter and listener, plus a ticker task.
+
+    - `echo@<node>` (capability "echo") answers a request with its payload;
+    - `counter@<node>` (capability "counter") answers a request with how many messages it received;
+    - `listener@<node>` subscribes to the topic "demo".
+    Each appends every message it receives to `<data dir>/demo-agents/<name>.log` (JSON lines, flushed
+    per message, so a test can check exactly-once delivery even after kill -9 of another node).
+    """
+    directory = Path(node.config.data_dir) / DEMO_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+
+    def recorder(name: str, answer: Callable[[Message], Any]) -> Handler:
+        stream = open(directory / f"{name}.log", "a", encoding="utf-8")  # noqa: SIM115  (kept open for the node's life)
+
+        def handle(message: Message) -> Any:
+            counts[name] = counts.get(name, 0) + 1
+            stream.write(json.dumps({"msg_id": list(message.msg_id), "kind": message.kind, "topic": message.topic,
+                                     "data": message.text(), "from": message.sender_agent or message.sender_node}) + "\n")
+            stream.flush()
+            return answer(message) if message.kind == "request" else None
+
+        return handle
+
+    echo = await node.register_agent("echo", ["echo"], {"demo": "true"}, recorder("echo", lambda m: m.payload),
+                                     description="Answers a request with its payload.", version="1")
+    counter = await node.register_agent("counter", ["counter"], {"demo": "true"},
+                                        recorder("counter", lambda m: str(counts.get("counter", 0))),
+                                        description="Counts the messages it receives.", version="1")
+    listener = await node.register_agent("listener", ["listen"], {"demo": "true"}, recorder("listener", lambda m: "ok"),
+                                         description="Subscribed to the topic 'demo'.", version="1", topics=["demo"])
+    service = node.agents
+
+    async def tick() -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(DEMO_TICK_S)
+            n += 1
+            try:
+                reply = await service.request(Capability("echo"), f"tick {n} from {service.node_id}", timeout=2.0)
+                log.info("demo: %s answered tick %d in %.2f ms", reply.agent_id, n, reply.rtt_ms)
+            except DeliveryError as exc:
+                log.info("demo: tick %d failed: %s", n, exc)
+
+    assert service._loop is not None
+    service._demo_task = service._loop.create_task(tick())
+    return [echo, counter, listener]
