@@ -47,3 +47,36 @@ def transport(
     targets = result["targets"]
     for name, ok in result["met"].items():
         typer.echo(f"target {name}: {'met' if ok else 'MISSED'} ({targets})" if not ok else f"target {name}: met")
+
+
+@bench_app.command("state", help="Replicated state: local updates/s, delta bytes, repair bytes vs full state, 50-node re-convergence (simulated).")
+def state(
+    nodes: int = typer.Option(50, "--nodes", help="Replicas in the simulated partition/heal run."),
+    keys: int = typer.Option(10_000, "--keys", help="Keys held by every replica."),
+    writes: int = typer.Option(1_000, "--writes", help="Writes made on both sides during the partition."),
+    partition_s: float = typer.Option(60.0, "--partition-s", help="Simulated partition length in seconds."),
+    updates: int = typer.Option(20_000, "--updates", help="Local updates timed for updates/s."),
+    seed: int = typer.Option(1, "--seed", help="Simulation seed (one seed replays the same run)."),
+    json: bool = JsonOption,
+) -> None:
+    from agentnode.state_benchmark import run_state_benchmark
+
+    if nodes < 2 or keys < 1 or writes < 0 or partition_s <= 0 or updates < 1:
+        fail("--nodes must be at least 2; --keys, --updates and --partition-s positive; --writes not negative")
+    result = run_state_benchmark(updates=updates, nodes=nodes, keys=keys, writes=writes,
+                                 partition_ms=int(partition_s * 1000), seed=seed)
+    if json:
+        print_json(result)
+        return
+    local, repair, heal = result["local"], result["repair"], result["partition_heal"]
+    print_table("replicated state benchmark", ["figure", "value"], [
+        ("local updates/s (replication core, gcounter)", local["updates_per_s"]),
+        ("local updates/s (node.state, SQLite commit each)", result.get("node_state", {}).get("updates_per_s", "-")),
+        ("delta bytes per update per peer", local["delta_bytes_per_update_per_peer"]),
+        (f"repair bytes after partition ({repair['keys']} keys, {repair['keys_changed_during_partition']} changed)", repair["repair_bytes"]),
+        ("full state bytes (one replica)", repair["full_state_bytes"]),
+        ("repair / full state", repair["ratio"]),
+        (f"re-convergence after {heal['partition_s']} s partition heals ({heal['nodes']} nodes, {heal['keys']} keys)",
+         f"{heal['reconverge_s']} s simulated (goal ≤ {heal['goal_s']} s)"),
+        ("bytes on the wire after heal", heal["bytes_after_heal"]),
+    ])

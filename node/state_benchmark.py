@@ -346,11 +346,36 @@ def _partition_heal(nodes: int, keys: int, writes: int, partition_ms: int, seed:
     }
 
 
+def _node_state_updates(count: int, clock: Callable[[], float]) -> dict[str, Any]:
+    """Updates/s through `node.state` on a one-node runtime (memory transport): each call commits to SQLite."""
+    import asyncio
+    import tempfile
+
+    from agentnode.config import NodeConfig
+    from agentnode.runtime import Node
+    from agentnode.transport.memory import MemoryHub, MemoryTransport
+
+    async def run() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="agentnode-bench-state-") as tmp:
+            config = NodeConfig.build(data_dir=tmp, listen="10.9.9.9:7946", cluster="bench", mdns=False, seed=1)
+            node = Node(config, transport=MemoryTransport(MemoryHub(), "bench01", config.listen), control=False)
+            async with node:
+                start = clock()
+                for i in range(count):
+                    await node.state.increment(f"counter-{i % 1000}")
+                elapsed = clock() - start
+                db_bytes = node.state.stats()["db_bytes"]
+        return {"updates": count, "updates_per_s": round(count / elapsed) if elapsed > 0 else None, "db_bytes": db_bytes}
+
+    return asyncio.run(run())
+
+
 def run_state_benchmark(*, updates: int = 20_000, nodes: int = 50, keys: int = 10_000, writes: int = 1_000,
                         partition_ms: int = 60_000, seed: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """All figures of `agentnode bench state` as a JSON-ready dict."""
     return {
         "local": _local_updates(clock, updates),
+        "node_state": _node_state_updates(min(updates, 5_000), clock),
         "repair": _repair_bytes(min(keys, 10_000), 200),
         "partition_heal": _partition_heal(nodes, keys, writes, partition_ms, seed, clock),
     }
