@@ -37,7 +37,7 @@ from agentnode.control import ControlClient, ControlError
 from agentnode.datadir import DataDir
 from agentnode.local_cluster import WaitTimeout
 
-__all__ = ["ChaosCluster", "ChaosNode", "IDENTITY_FILES", "WaitTimeout"]
+__all__ = ["ChaosCluster", "ChaosNode", "IDENTITY_FILES", "NodeExited", "WaitTimeout"]
 
 NODE_PORT = 7946
 """Every node has its own address, so all use the memberlist/Serf port."""
@@ -49,6 +49,10 @@ CONTROL_TIMEOUT_S = 3.0
 IDENTITY_FILES = ("node.key", "node.crt", "ca.crt")
 """Kept by `restart(wipe=True)`: a node that lost its disk is re-provisioned with the same identity."""
 FILLER = ".chaos-filler"
+
+
+class NodeExited(CommandFailed):
+    """A node process ended while it was being started; the message carries its last log line."""
 
 
 @dataclass
@@ -225,8 +229,12 @@ class ChaosCluster:
                 return
             node.exits.append(node.process.returncode)
 
-    def restart(self, i: int, *, wipe: bool = False, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Start node i again (killing it first if it runs); `wipe` deletes all but its identity files."""
+    def restart(self, i: int, *, wipe: bool = False, timeout_s: float = START_TIMEOUT_S) -> str:
+        """Start node i again (killing it first if it runs); `wipe` deletes all but its identity files.
+
+        Returns "" when the node listens again, or the node's own last words when it refused to start
+        (a full disk, say): that is an outcome to check, not a harness failure.
+        """
         node = self.nodes[i]
         if node.alive:
             self.kill(i)
@@ -239,7 +247,13 @@ class ChaosCluster:
                 else:
                     entry.unlink()
         self._spawn(node)
-        self._wait_listening(node, timeout_s)
+        try:
+            self._wait_listening(node, timeout_s)
+        except NodeExited as exc:
+            assert node.process is not None
+            node.exits.append(node.process.returncode)
+            return str(exc)
+        return ""
 
     def pause(self, i: int) -> None:
         node = self.nodes[i]
@@ -392,7 +406,8 @@ class ChaosCluster:
             if " listening on " in text:
                 return
             if node.process.poll() is not None:
-                raise CommandFailed(f"node {node.index} exited with {node.process.returncode}:\n{text[-2000:]}")
+                last = [line for line in text.strip().splitlines() if line.strip()][-1:] or ["(no output)"]
+                raise NodeExited(f"node {node.index} exited with {node.process.returncode}: {last[0]}")
             time.sleep(0.05)
         raise WaitTimeout(f"node {node.index} did not start listening within {timeout_s} s; log: {node.log_path}")
 

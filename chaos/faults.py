@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ SHAPER_DURATION_S = 3600.0
 TBF_BURST = "32kbit"
 TBF_LATENCY = "400ms"
 """tbf parameters measured in chaos-feasibility.md (1mbit -> 0.97 Mbit/s)."""
+_COUNTER = re.compile(r"counter packets (\d+) bytes")
 BRIDGE_TABLE = "chaos"
 DUP_TABLE = "chaosdup"
 
@@ -216,6 +218,29 @@ class NetworkController:
             run(["iptables-restore"], ns=hub, input=state.render_iptables())
         self._apply_rates(dict(state.rates_kbit))
         self.state = state
+
+    def rule_counters(self) -> dict[str, int]:
+        """Packets our nft rules dropped and duplicated so far (zero after the tables were replaced)."""
+        done = run(["nft", "list", "ruleset"], ns=self.topology.hub, check=False)
+        totals = {"dropped_packets": 0, "duplicated_packets": 0}
+        for line in done.stdout.splitlines():
+            match = _COUNTER.search(line)
+            if match is None:
+                continue
+            if line.rstrip().endswith("drop"):
+                totals["dropped_packets"] += int(match.group(1))
+            elif "dup to" in line:
+                totals["duplicated_packets"] += int(match.group(1))
+        return totals
+
+    def tcp_counters(self, i: int) -> dict[str, int]:
+        """Node i's kernel TCP counters (its own namespace's /proc/net/snmp): what loss does to TCP."""
+        done = run(["cat", "/proc/net/snmp"], ns=self.topology.node_ns(i), check=False)
+        rows = [line.split() for line in done.stdout.splitlines() if line.startswith("Tcp:")]
+        if len(rows) < 2:
+            return {}
+        values = dict(zip(rows[0][1:], rows[1][1:]))
+        return {"out_segs": int(values.get("OutSegs", 0)), "retrans_segs": int(values.get("RetransSegs", 0))}
 
     def shaper_stats(self) -> dict[str, dict[str, int]]:
         try:

@@ -48,6 +48,8 @@ class RunResult:
     wall_s: float = 0.0
     report_dir: str | None = None
     known_problem: str = ""
+    network: dict[str, Any] = field(default_factory=dict)
+    """What the faults did on the wire: rule drop/dup counters, each node's TCP retransmissions, shaper stats."""
     cleanup_problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,9 +101,11 @@ def run_scenario(
         for workload in ctx.workloads.values():
             if workload.skip_reason is None and workload.error_reason is None:
                 workload.start()
+        tcp_before = _tcp(cluster)
         if ctx.converged_s is not None:
             _run_faults(scenario, ctx, say)
         ctx.faults_ended_s = ctx.elapsed()
+        result.network = _network_evidence(cluster, tcp_before)
         _end_faults(ctx)
         say("faults stopped; checking")
         checks = list(scenario.checks)
@@ -174,7 +178,9 @@ def apply_fault(ctx: RunContext, action: str, params: dict[str, Any]) -> tuple[i
     elif action == "stop":
         cluster.stop_node(node)
     elif action == "restart":
-        cluster.restart(node, wipe=bool(params.get("wipe", False)))
+        refused = cluster.restart(node, wipe=bool(params.get("wipe", False)))
+        if refused:
+            ctx.outcomes.append((round(ctx.elapsed(), 2), node, refused))
     elif action == "pause":
         cluster.pause(node)
     elif action == "resume":
@@ -220,8 +226,11 @@ def _run_faults(scenario: Scenario, ctx: RunContext, say: Callable[[str], None])
         at = ctx.elapsed()
         try:
             nodes = apply_fault(ctx, fault.action, fault.params)
-            ctx.timeline.append(FaultEvent(round(at, 2), fault.action, fault.describe(), nodes))
-            say(f"t={at:5.1f}s {fault.describe()}")
+            detail = fault.describe()
+            if ctx.outcomes and ctx.outcomes[-1][0] >= at and ctx.outcomes[-1][1] in nodes:
+                detail += f" -> the node did not start: {ctx.outcomes[-1][2]}"
+            ctx.timeline.append(FaultEvent(round(at, 2), fault.action, detail, nodes))
+            say(f"t={at:5.1f}s {detail}")
         except Exception as exc:  # a fault that cannot be applied is shown in the timeline and fails the run
             ctx.timeline.append(FaultEvent(round(at, 2), fault.action, fault.describe(), (), f"{type(exc).__name__}: {exc}"))
             say(f"t={at:5.1f}s {fault.describe()} FAILED: {exc}")
@@ -282,6 +291,28 @@ def _stop_workloads(ctx: RunContext, result: RunResult) -> None:
         entry["samples"] = len(ctx.recorder.samples(kind))
         if workload.errors:
             entry["errors"] = workload.errors[:20]
+
+
+def _tcp(cluster: ChaosCluster) -> dict[int, dict[str, int]]:
+    assert cluster.network is not None
+    return {i: cluster.network.tcp_counters(i) for i in range(cluster.size)}
+
+
+def _network_evidence(cluster: ChaosCluster, before: dict[int, dict[str, int]]) -> dict[str, Any]:
+    """Counters over the faults phase (TCP counters belong to the node's namespace, so they survive restarts)."""
+    assert cluster.network is not None
+    after = _tcp(cluster)
+    tcp = {}
+    for i, end in after.items():
+        start = before.get(i, {})
+        out = end.get("out_segs", 0) - start.get("out_segs", 0)
+        retrans = end.get("retrans_segs", 0) - start.get("retrans_segs", 0)
+        tcp[str(i)] = {"out_segs": out, "retrans_segs": retrans, "retrans_pct": round(100 * retrans / out, 2) if out else None}
+    evidence: dict[str, Any] = {"tcp_during_faults": tcp, "rules_at_end_of_faults": cluster.network.rule_counters()}
+    shaper = cluster.network.shaper_stats()
+    if shaper:
+        evidence["shaper"] = shaper
+    return evidence
 
 
 def _sleep_until(ctx: RunContext, t_s: float) -> None:

@@ -115,6 +115,8 @@ class RunContext:
     recorder: Recorder = field(default_factory=Recorder)
     timeline: list[FaultEvent] = field(default_factory=list)
     workloads: dict[str, Workload] = field(default_factory=dict)
+    outcomes: list[tuple[float, int, str]] = field(default_factory=list)
+    """(t_s, node, last words) of restarts the node itself refused (it exited while starting)."""
     faults_ended_s: float | None = None
     converged_s: float | None = None
     """Seconds the initial cluster took to form (None: it never did; the run is then meaningless)."""
@@ -129,6 +131,26 @@ class RunContext:
             if event.action in ("kill", "stop", "restart", "pause", "resume"):
                 found.update(event.nodes)
         return found
+
+    def disturbed_windows(self, settle_s: float) -> dict[int, list[tuple[float, float]]]:
+        """Per node, the time spans in which its own process faults excuse others from seeing it alive.
+
+        kill/stop/pause: from the fault until `settle_s` after the matching restart/resume (or the
+        end); a restart alone: `settle_s` after it. The settle time lets the failure detector and
+        the rejoin finish.
+        """
+        windows: dict[int, list[tuple[float, float]]] = {}
+        down_since: dict[int, float] = {}
+        for event in self.timeline:
+            for node in event.nodes:
+                if event.action in ("kill", "stop", "pause"):
+                    down_since.setdefault(node, event.t_s)
+                elif event.action in ("restart", "resume"):
+                    start = down_since.pop(node, event.t_s)
+                    windows.setdefault(node, []).append((start, event.t_s + settle_s))
+        for node, start in down_since.items():
+            windows.setdefault(node, []).append((start, float("inf")))
+        return windows
 
 
 def known_ops(node: ChaosNode) -> list[str] | None:
@@ -240,8 +262,9 @@ class MembershipWorkload(Workload):
     def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
         super().__init__(params, ctx)
         self._next_status = 0.0
-        self.first_status: dict[int, dict[str, Any]] = {}
         self.last_status: dict[int, dict[str, Any]] = {}
+        self.growth: dict[int, dict[str, int]] = {}
+        """Per node, counter growth since the first sample; a restart (counter went down) adds the new value."""
 
     def step(self) -> None:
         cluster = self.ctx.cluster
@@ -261,17 +284,23 @@ class MembershipWorkload(Workload):
             if want_status and ok:
                 ok, value, ms, error = self._timed(node, "status")
                 if ok:
-                    counters = _status_counters(value)
-                    self.first_status.setdefault(node.index, counters)
-                    self.last_status[node.index] = counters
+                    self._grow(node.index, _status_counters(value))
                 self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, "status", ok, ms, _status_counters(value) if ok else None, error))
+
+    def _grow(self, index: int, counters: dict[str, Any]) -> None:
+        previous = self.last_status.get(index)
+        growth = self.growth.setdefault(index, {})
+        if previous is not None:
+            for k, v in counters.items():
+                if k == "incarnation" or not isinstance(v, int):
+                    continue
+                before = previous.get(k, 0)
+                growth[k] = growth.get(k, 0) + (v - before if v >= before else v)
+        self.last_status[index] = counters
 
     def summary(self) -> dict[str, Any]:
         """Per-node counter growth over the run: what the failure detector and transport experienced."""
-        deltas = {}
-        for index, last in sorted(self.last_status.items()):
-            first = self.first_status.get(index, {})
-            deltas[str(index)] = {k: v - first.get(k, 0) for k, v in sorted(last.items()) if isinstance(v, int)}
+        deltas = {str(i): {k: v for k, v in sorted(g.items()) if v} for i, g in sorted(self.growth.items())}
         totals: dict[str, int] = {}
         for per_node in deltas.values():
             for k, v in per_node.items():
