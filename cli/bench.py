@@ -80,3 +80,37 @@ def state(
          f"{heal['reconverge_s']} s simulated (goal ≤ {heal['goal_s']} s)"),
         ("bytes on the wire after heal", heal["bytes_after_heal"]),
     ])
+
+
+@bench_app.command("messaging", help="Agent-to-agent msgs/s per delivery mode, request RTT, broadcast latency (10 nodes, 1000 simulated), vs raw TLS.")
+def messaging(
+    messages: int = typer.Option(50_000, "--messages", help="Messages per unicast throughput phase."),
+    nodes: int = typer.Option(10, "--nodes", help="Nodes of the local cluster for the broadcast latency phase."),
+    sim_nodes: int = typer.Option(1000, "--sim-nodes", help="Nodes of the simulated broadcast."),
+    json: bool = JsonOption,
+) -> None:
+    from agentnode.messaging_benchmark import run_messaging_benchmark
+
+    if messages < 1000 or nodes < 2 or sim_nodes < 10:
+        fail("need --messages >= 1000, --nodes >= 2 and --sim-nodes >= 10")
+    try:
+        result = run_messaging_benchmark(messages, broadcast_nodes=nodes, sim_nodes=sim_nodes)
+    except (RuntimeError, OSError, ValueError) as exc:
+        fail(f"benchmark failed: {exc}")
+    if json:
+        print_json(result)
+        return
+    raw, uni, sim, bc = result["raw_tls"], result["unicast"], result["simulation"], result["broadcast_cluster"]
+    rows = [(f"unicast {mode} msgs/s", uni[mode]["msgs_per_s"], raw["msgs_per_s"] if mode == "at_least_once" else "")
+            for mode in ("best_effort", "at_least_once", "durable")]
+    rows += [
+        ("request RTT p50 µs", result["request_rtt"]["p50_us"], raw["rtt_p50_us"]),
+        ("request RTT p99 µs", result["request_rtt"]["p99_us"], raw["rtt_p99_us"]),
+        (f"request RTT p99 µs at {result['request_rtt_half_load']['load_msgs_per_s']} msgs/s", result["request_rtt_half_load"]["p99_us"], ""),
+        (f"broadcast to all {bc['agents']} agents of {bc['nodes']} nodes, p50 / max ms", f"{bc['all_agents_ms_p50']} / {bc['all_agents_ms_max']}", ""),
+        (f"simulated broadcast, {sim['nodes']} nodes: ms to 99.99% (max)", sim["reach_ms_max"], ""),
+        ("simulated duplicates per node per message (steady / first)", f"{sim['duplicates_per_node_max']} / {sim['first_message']['duplicates_per_node']}", ""),
+    ]
+    print_table(f"messaging benchmark: {result['payload_bytes']}-byte payloads", ["", "agentnode", "raw TLS (batched)"], rows)
+    for name, ok in result["met"].items():
+        typer.echo(f"target {name}: {'met' if ok else 'MISSED'}")

@@ -1226,6 +1226,7 @@ class AgentService:
         return {
             "epoch": self.epoch,
             "agents": len(self._agents),
+            "handled": {a: self._agents[a].handled for a in sorted(self._agents)},
             "outbox_rows": len(self._outbox),
             "service": dict(self.counters),
             "delivery": dict(self.delivery.counters),
@@ -1386,7 +1387,8 @@ async def start_demo_agents(node: Node) -> list[Agent]:
 
     - `echo@<node>` (capability "echo") answers a request with its payload;
     - `counter@<node>` (capability "counter") answers a request with how many messages it received;
-    - `listener@<node>` subscribes to the topic "demo".
+    - `listener@<node>` subscribes to the topic "demo";
+    - `sink@<node>` (capability "sink", no broadcasts) answers with the payload and records nothing (benchmarks).
     Each appends every message it receives to `<data dir>/demo-agents/<name>.log` (JSON lines, flushed
     per message, so a test can check exactly-once delivery even after kill -9 of another node).
     """
@@ -1399,7 +1401,7 @@ async def start_demo_agents(node: Node) -> list[Agent]:
 
         def handle(message: Message) -> Any:
             counts[name] = counts.get(name, 0) + 1
-            stream.write(json.dumps({"msg_id": list(message.msg_id), "kind": message.kind, "topic": message.topic,
+            stream.write(json.dumps({"t": time.time(), "msg_id": list(message.msg_id), "kind": message.kind, "topic": message.topic,
                                      "data": message.text(), "from": message.sender_agent or message.sender_node}) + "\n")
             stream.flush()
             return answer(message) if message.kind == "request" else None
@@ -1413,6 +1415,8 @@ async def start_demo_agents(node: Node) -> list[Agent]:
                                         description="Counts the messages it receives.", version="1")
     listener = await node.register_agent("listener", ["listen"], {"demo": "true"}, recorder("listener", lambda m: "ok"),
                                          description="Subscribed to the topic 'demo'.", version="1", topics=["demo"])
+    sink = await node.register_agent("sink", ["sink"], {"demo": "true"}, lambda m: m.payload, broadcasts=False,
+                                     description="Answers requests with the payload, records nothing (benchmarks).")
     service = node.agents
 
     async def tick() -> None:
@@ -1428,4 +1432,4 @@ async def start_demo_agents(node: Node) -> list[Agent]:
 
     assert service._loop is not None
     service._demo_task = service._loop.create_task(tick())
-    return [echo, counter, listener]
+    return [echo, counter, listener, sink]

@@ -44,7 +44,7 @@ def _agent_count(node: ClusterNode) -> int:
 def test_three_nodes_unicast_request_broadcast_and_capability_failover(tmp_path: Path) -> None:
     with LocalCluster(3, root=tmp_path, extra_args=["--demo-agents"]) as cluster:
         cluster.wait_for("3 nodes to converge", cluster.converged, timeout_s=30)
-        cluster.wait_for("every node to see the 9 demo agents", lambda: all(_agent_count(n) == 9 for n in cluster.nodes))
+        cluster.wait_for("every node to see the 12 demo agents", lambda: all(_agent_count(n) == 12 for n in cluster.nodes))
         listing = _json(cluster.nodes[0], "agents")
         assert {a["agent_id"] for a in listing if a["name"] == "echo"} == {f"echo@{n.node_id}" for n in cluster.nodes}
         assert all(a["status"] == "healthy" and not a["node_suspect"] for a in listing)
@@ -92,14 +92,14 @@ def test_three_nodes_unicast_request_broadcast_and_capability_failover(tmp_path:
                         for _ in range(4))
         assert set(after) <= {f"counter@{n.node_id}" for n in cluster.nodes[:2]} and sum(after.values()) == 4
         cluster.wait_for("the killed node's agents to vanish from lookups",
-                         lambda: _agent_count(first) == 6, timeout_s=30)
+                         lambda: _agent_count(first) == 8, timeout_s=30)
 
 
 def test_durable_messages_survive_kill_9_of_the_sender(tmp_path: Path) -> None:
     with LocalCluster(2, root=tmp_path, extra_args=["--demo-agents"]) as cluster:
         sender, receiver = cluster.nodes
         cluster.wait_for("convergence", cluster.converged, timeout_s=30)
-        cluster.wait_for("agents", lambda: _agent_count(sender) == 6)
+        cluster.wait_for("agents", lambda: _agent_count(sender) == 8)
         target = f"counter@{receiver.node_id}"
         confirmed: list[str] = []
         stop = threading.Event()

@@ -1,0 +1,13 @@
+"""The messaging benchmark's simulated broadcast phase (the process phases run via `agentnode bench messaging`)."""
+
+from __future__ import annotations
+
+from agentnode.messaging_benchmark import simulate_broadcast
+
+
+def test_simulated_plumtree_reaches_everyone_and_settles_into_a_tree() -> None:
+    result = simulate_broadcast(150, messages=4, seed=3)
+    assert result["all_reached"] and result["nodes"] == 150
+    assert result["reach_ms_max"] is not None and result["reach_ms_max"] < 100
+    assert result["duplicates_per_node_max"] < result["first_message"]["duplicates_per_node"]
+    assert simulate_broadcast(150, messages=4, seed=3)["per_message"] == result["per_message"]  # one seed, one run
