@@ -207,12 +207,16 @@ class NetworkController:
         self._shaper_version = 0
         self._rated: set[int] = set()
         self.shaper_config = objects.run_dir / "shaper.json"
+        self._replaced = {"dropped_packets": 0, "duplicated_packets": 0}
+        """Counts of rule sets already replaced, so `rule_counters` covers the whole run."""
 
     def apply(self, state: NetworkState) -> None:
         hub = self.topology.hub
         shaper_links = state.shaper_links()
         if shaper_links:
             self._configure_shaper(shaper_links)
+        for key, value in self._current_counters().items():
+            self._replaced[key] += value
         run(["nft", "-f", "-"], ns=hub, input=state.render_nft())
         if shaper_links or self.state.shaper_links():
             run(["iptables-restore"], ns=hub, input=state.render_iptables())
@@ -220,7 +224,10 @@ class NetworkController:
         self.state = state
 
     def rule_counters(self) -> dict[str, int]:
-        """Packets our nft rules dropped and duplicated so far (zero after the tables were replaced)."""
+        """Packets our nft rules dropped and duplicated over the whole run."""
+        return {k: v + self._replaced[k] for k, v in self._current_counters().items()}
+
+    def _current_counters(self) -> dict[str, int]:
         done = run(["nft", "list", "ruleset"], ns=self.topology.hub, check=False)
         totals = {"dropped_packets": 0, "duplicated_packets": 0}
         for line in done.stdout.splitlines():

@@ -72,7 +72,8 @@ def run_scenario(
     say = progress or (lambda message: None)
     if nodes is not None:
         scenario = scenario.with_nodes(nodes)
-    result = RunResult(scenario.name, seed, scenario.nodes, "error", known_problem=scenario.known_problem)
+    result = RunResult(scenario.name, seed, scenario.nodes, "error", known_problem=scenario.known_problem,
+                       report_dir=str(report_dir) if report_dir is not None else None)
     support = fault_support()
     lacking = {k: support[k].reason for k in needed_fault_kinds(scenario) if not support[k].ok}
     if lacking:
@@ -121,7 +122,6 @@ def run_scenario(
         result.timeline = list(ctx.timeline)
         result.status = _overall(result.verdicts)
         if report_dir is not None:
-            result.report_dir = str(report_dir)
             _write_report(Path(report_dir), scenario, ctx, result)
     except Exception as exc:  # the run is an error, with the reason; cleanup below still runs
         result.status, result.reason = "error", f"{type(exc).__name__}: {exc}"

@@ -99,7 +99,7 @@ def _print_result(result: Any) -> None:
     if result.reason:
         console.print(f"  reason: {result.reason}")
     if result.known_problem:
-        console.print(f"  [yellow]known product problem this scenario documents:[/yellow] {" ".join(result.known_problem.split())}")
+        console.print(f"  [yellow]known product problem this scenario documents:[/yellow] {' '.join(result.known_problem.split())}")
     for event in result.timeline:
         mark = f" [red]FAILED: {event.error}[/red]" if event.error else ""
         console.print(f"  t={event.t_s:6.1f}s {event.detail}{mark}")
@@ -112,7 +112,7 @@ def _print_result(result: Any) -> None:
         console.print(f"  TCP retransmitted segments during the faults: {cells}")
     rules = result.network.get("rules_at_end_of_faults", {})
     if any(rules.values()):
-        console.print(f"  fault rules: {rules.get('dropped_packets', 0)} packets dropped, {rules.get('duplicated_packets', 0)} duplicated (counted until the last rule change)")
+        console.print(f"  fault rules: {rules.get('dropped_packets', 0)} packets dropped, {rules.get('duplicated_packets', 0)} duplicated")
     for verdict in result.verdicts:
         vstyle = _STATUS_STYLE.get(verdict.status, "white")
         console.print(f"  [{vstyle}]{verdict.status.upper():5}[/{vstyle}] {verdict.check}: {verdict.summary}")
