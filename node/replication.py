@@ -394,6 +394,7 @@ class Replicator:
         self._bucket_keys: list[dict[str, None]] = [{} for _ in range(BUCKETS_MAX)]
         self._key_hash: dict[str, int] = {}
         self._key_bucket: dict[str, int] = {}
+        self._summary_cache: dict[int, list[bytes]] = {}
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         for key in sorted([*store.keys(), *store.tombstones()]):
             self._dirty[key] = None
@@ -504,13 +505,18 @@ class Replicator:
     def bucket_digests(self, count: int = BUCKETS_MAX) -> list[bytes]:
         """The digest summary at `count` buckets (a power of two): XOR of per-key hashes per bucket."""
         self._refresh()
+        cached = self._summary_cache.get(count)
+        if cached is not None:
+            return cached
         acc = self._bucket_acc
         if count < BUCKETS_MAX:
             folded = acc[:count]
             for j in range(count, BUCKETS_MAX):
                 folded[j & (count - 1)] ^= acc[j]
             acc = folded
-        return [(a >> 64 ^ a & 0xFFFFFFFFFFFFFFFF).to_bytes(BUCKET_DIGEST_BYTES, "big") for a in acc]
+        summary = [(a >> 64 ^ a & 0xFFFFFFFFFFFFFFFF).to_bytes(BUCKET_DIGEST_BYTES, "big") for a in acc]
+        self._summary_cache[count] = summary
+        return summary
 
     def root_digest(self) -> bytes:
         """One digest of the whole replica (equal on converged replicas)."""
@@ -1026,6 +1032,7 @@ class Replicator:
             return
         dirty = list(self._dirty)
         self._dirty.clear()
+        self._summary_cache.clear()
         digests = self.store.digest(dirty)
         for key in dirty:
             b = self._bucket_of(key)
