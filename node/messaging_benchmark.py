@@ -121,7 +121,7 @@ async def _throughput(node: Any, receiver: Any, sink: str, payload: bytes, mode:
 
     async def worker(k: int) -> None:
         for i in range(k):
-            await node.send(sink, payload, delivery=mode, confirm=confirm, timeout=60)
+            await node.send(sink, payload, delivery=mode, confirm=confirm, timeout=60, on_full="wait")
             if not confirm and i % 64 == 63:
                 await asyncio.sleep(0)
 
