@@ -147,7 +147,8 @@ def apply_fault(ctx: RunContext, action: str, params: dict[str, Any]) -> tuple[i
     if action == "partition":
         groups = resolve_groups(params, size)
         cluster.apply(cluster.net.partition(groups))
-        return tuple(min(groups, key=len))  # the minority side, for minority_fails_fast
+        ctx.partitions.append((round(ctx.elapsed(), 2), groups))
+        return tuple(min(groups, key=len))
     if action == "one_way":
         cluster.apply(cluster.net.one_way(resolve_set(params.get("from"), size), resolve_set(params.get("to"), size)))
         return ()

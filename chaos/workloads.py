@@ -115,6 +115,8 @@ class RunContext:
     recorder: Recorder = field(default_factory=Recorder)
     timeline: list[FaultEvent] = field(default_factory=list)
     workloads: dict[str, Workload] = field(default_factory=dict)
+    partitions: list[tuple[float, list[list[int]]]] = field(default_factory=list)
+    """(t_s, groups) of every partition applied, for checks that need the sides."""
     outcomes: list[tuple[float, int, str]] = field(default_factory=list)
     """(t_s, node, last words) of restarts the node itself refused (it exited while starting)."""
     faults_ended_s: float | None = None
@@ -367,6 +369,8 @@ class RaftKvWorkload(Workload):
 
         A non-leader answers with the leader's own view when it can reach it, so `role` belongs to
         the reporting node id, not necessarily to the polled node."""
+        self.voters: list[str] = []
+        """The voter ids last reported by the group (only voters count for a Raft majority)."""
         self.error_kinds: dict[str, int] = {}
         self._threads: list[threading.Thread] = []
 
@@ -396,6 +400,8 @@ class RaftKvWorkload(Workload):
         """Poll every live node's view of the group (every `status_interval_s`)."""
         for node in self.ctx.cluster.live():
             ok, value, _, _ = self._timed(node, "raft_status")
+            if ok and isinstance(value, dict) and value.get("voters"):
+                self.voters = sorted(str(v) for v in value["voters"])
             if ok and isinstance(value, dict):
                 self.statuses.append((self.ctx.elapsed(), node.index, value.get("term"), value.get("role"), value.get("leader"), value.get("node_id")))
         self._stop.wait(float(self.params.get("status_interval_s", 0.5)))
