@@ -498,10 +498,10 @@ def _surface(kind: str, ops: tuple[str, ...], surface: str) -> type[SurfaceWorkl
 WORKLOADS: dict[str, Callable[[dict[str, Any], RunContext], Workload]] = {
     "membership": MembershipWorkload,
     "raft_kv": RaftKvWorkload,
-    "crdt": _surface("crdt", ("state.set", "state.get", "state.incr"), "replicated CRDT state (agentnode state ...)"),
+    "crdt": _surface("crdt", ("state.update", "state.get"), "replicated CRDT state (agentnode state ...)"),
     "locks": _surface("locks", ("lock_acquire", "lock_release"), "Raft locks (agentnode lock ...)"),
-    "durable_messages": _surface("durable_messages", ("message.send",), "durable agent messages"),
-    "unicast": _surface("unicast", ("message.send", "message.request"), "agent unicast and request/response"),
-    "broadcast": _surface("broadcast", ("broadcast.send",), "broadcast"),
+    "durable_messages": _surface("durable_messages", ("agents.send",), "durable agent messages"),
+    "unicast": _surface("unicast", ("agents.send", "agents.request"), "agent unicast and request/response"),
+    "broadcast": _surface("broadcast", ("agents.publish",), "broadcast"),
 }
 """Scenario `kind` -> workload class. The surface workloads name the control operations they will drive."""
