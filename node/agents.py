@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +122,10 @@ BROADCAST_BACKLOG = 4_096
 """Broadcast/topic messages waiting per agent; beyond this they are dropped and counted (not acked)."""
 SUBSCRIPTION_QUEUE = 10_000
 """Items a control-endpoint subscription buffers for a slow CLI reader; beyond this they are dropped and counted."""
+ROOM_WAKE = 256
+"""Senders waiting for queue room woken per pump (a full window's worth), oldest first."""
+WAITER_SWEEP_S = 0.05
+"""How often callers past their deadline are failed (bounds the deadline's overshoot)."""
 SEND_CHUNK = 1_000
 """Messages a control `agents.send --count N` keeps in flight at once."""
 RESEND_BATCH = 10_000
@@ -442,14 +447,19 @@ class Subscription:
 
 
 class _Waiter:
-    __slots__ = ("future", "agent_id", "started", "kind", "node_id")
+    __slots__ = ("future", "agent_id", "started", "kind", "node_id", "deadline", "balanced")
 
-    def __init__(self, future: asyncio.Future[Any], agent_id: str, node_id: str, started: float, kind: int) -> None:
+    def __init__(self, future: asyncio.Future[Any], agent_id: str, node_id: str, started: float, kind: int,
+                 deadline: float, balanced: bool) -> None:
         self.future = future
         self.agent_id = agent_id
         self.node_id = node_id
         self.started = started
         self.kind = kind
+        self.deadline = deadline
+        """time.monotonic() after which the caller gets DeadlineExceededError (swept, not one timer each)."""
+        self.balanced = balanced
+        """Sent to a Capability: feed the balancer's outstanding counts and latency."""
 
 
 class _Staged:
@@ -502,10 +512,11 @@ class AgentService:
         self._pump_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
-        self._room: asyncio.Future[None] | None = None
+        self._room: deque[asyncio.Future[None]] = deque()
         self._health_task: asyncio.Task[None] | None = None
         self._builtin: Agent | None = None
         self._demo_task: asyncio.Task[None] | None = None
+        self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self.counters: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
 
@@ -547,8 +558,9 @@ class AgentService:
         if self._closed:
             return
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        for handle in (self._timer, self._sweep):
+            if handle is not None:
+                handle.cancel()
         tasks = [t for a in self._agents.values() for t in a._workers]
         tasks += [t for t in (self._health_task, self._demo_task) if t is not None]
         for task in tasks:
@@ -690,11 +702,11 @@ class AgentService:
                 # Without an awaited outcome there is nothing to fail over on: pick once.
                 entry = self._pick(to, set())
                 return await self._send_to(entry.agent_id, entry.node_id, body, delivery, ttl_ms, prio, confirm, policy,
-                                           timeout_s, src)
+                                           timeout_s, src, True)
             return await self._failover(to, lambda c: self._send_to(c.agent_id, c.node_id, body, delivery, ttl_ms, prio,
-                                                                    confirm, policy, timeout_s, src))
+                                                                    confirm, policy, timeout_s, src, True))
         node_id = self._resolve(to)
-        return await self._send_to(to, node_id, body, delivery, ttl_ms, prio, confirm, policy, timeout_s, src)
+        return await self._send_to(to, node_id, body, delivery, ttl_ms, prio, confirm, policy, timeout_s, src, False)
 
     async def request(
         self,
@@ -726,10 +738,10 @@ class AgentService:
 
             def attempt(c: Candidate) -> Awaitable[Reply]:
                 left = max(0.001, deadline - time.monotonic())
-                return self._request_to(c.agent_id, c.node_id, body, max(1, int(left * 1000)), prio, policy, src)
+                return self._request_to(c.agent_id, c.node_id, body, max(1, int(left * 1000)), prio, policy, src, True)
 
             return await self._failover(to, attempt)
-        return await self._request_to(to, self._resolve(to), body, timeout_ms, prio, policy, src)
+        return await self._request_to(to, self._resolve(to), body, timeout_ms, prio, policy, src, False)
 
     async def publish(self, topic: str, payload: Payload) -> MessageId:
         if not isinstance(topic, str) or not topic:
@@ -801,7 +813,7 @@ class AgentService:
         raise last
 
     async def _send_to(self, agent_id: str, node_id: str, body: bytes, mode: str, ttl_ms: int, prio: int,
-                       confirm: bool, policy: str, timeout_s: float, src: str) -> MessageId:
+                       confirm: bool, policy: str, timeout_s: float, src: str, balanced: bool) -> MessageId:
         wait_if_full = policy == "wait" and mode != BEST_EFFORT
         if wait_if_full and ttl_ms == 0:
             ttl_ms = _seconds_ms(timeout_s, "timeout")
@@ -810,7 +822,7 @@ class AgentService:
             msg_id = await self._stage_durable(agent_id, node_id, body, ttl_ms, prio, wait_if_full, src)
             if not confirm:
                 return msg_id
-            future = self._new_waiter(msg_id, agent_id, node_id, KIND_DATA)
+            future = self._new_waiter(msg_id, agent_id, node_id, KIND_DATA, timeout_s, balanced)
         else:
             try:
                 msg_id = self.delivery.send(node_id, agent_id, body, self.now_ms(), src_agent=src, mode=mode,
@@ -820,44 +832,56 @@ class AgentService:
             self.schedule_pump()
             if not confirm:
                 return msg_id
-            future = self._new_waiter(msg_id, agent_id, node_id, KIND_DATA)
-        self.balancer.started(agent_id)
-        await self._await(future, timeout_s, msg_id, agent_id, node_id)
+            future = self._new_waiter(msg_id, agent_id, node_id, KIND_DATA, timeout_s, balanced)
+        await future
         return msg_id
 
     async def _request_to(self, agent_id: str, node_id: str, body: bytes, timeout_ms: int, prio: int, policy: str,
-                          src: str) -> Reply:
+                          src: str, balanced: bool) -> Reply:
         await self._room_for(node_id, agent_id, prio, policy, timeout_ms / 1000)
         try:
             msg_id = self.delivery.request(node_id, agent_id, body, self.now_ms(), timeout_ms=timeout_ms,
                                            src_agent=src, priority=prio, wait_if_full=policy == "wait")
         except SendQueueFull as exc:
             raise self._local_backpressure(agent_id, node_id, str(exc)) from None
-        future = self._new_waiter(msg_id, agent_id, node_id, KIND_REQUEST)
-        self.balancer.started(agent_id)
+        # The core enforces the deadline; the sweep's bound only guards against a lost event.
+        future = self._new_waiter(msg_id, agent_id, node_id, KIND_REQUEST, timeout_ms / 1000 + 1.0, balanced)
         self.schedule_pump()
         started = time.perf_counter()
-        # The core enforces the deadline; the asyncio bound only guards against a lost event.
-        result = await self._await(future, timeout_ms / 1000 + 1.0, msg_id, agent_id, node_id)
+        result = await future
         self.counters["replies"] += 1
         return Reply(result.payload, result.from_agent, result.dest_node, (time.perf_counter() - started) * 1000)
 
-    async def _await(self, future: asyncio.Future[Any], timeout_s: float, msg_id: MessageId, agent_id: str,
-                     node_id: str) -> Any:
-        try:
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            waiter = self._waiters.pop(msg_id, None)
-            if waiter is not None:
-                self.balancer.finished(agent_id)
-            raise DeadlineExceededError(DeadlineExceeded(msg_id, node_id, agent_id,
-                                                         f"not acknowledged within {timeout_s:g} s")) from None
-
-    def _new_waiter(self, msg_id: MessageId, agent_id: str, node_id: str, kind: int) -> asyncio.Future[Any]:
-        assert self._loop is not None
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._waiters[msg_id] = _Waiter(future, agent_id, node_id, time.perf_counter(), kind)
+    def _new_waiter(self, msg_id: MessageId, agent_id: str, node_id: str, kind: int, timeout_s: float,
+                    balanced: bool) -> asyncio.Future[Any]:
+        loop = self._loop
+        assert loop is not None
+        future: asyncio.Future[Any] = loop.create_future()
+        self._waiters[msg_id] = _Waiter(future, agent_id, node_id, time.perf_counter(), kind,
+                                        time.monotonic() + timeout_s, balanced)
+        if balanced:
+            self.balancer.started(agent_id)
+        if self._sweep is None:
+            self._sweep = loop.call_later(WAITER_SWEEP_S, self._sweep_waiters)
         return future
+
+    def _sweep_waiters(self) -> None:
+        """Fail callers whose deadline passed (one periodic sweep instead of a timer per message)."""
+        self._sweep = None
+        now = time.monotonic()
+        for msg_id in [m for m, w in self._waiters.items() if w.deadline <= now]:
+            waiter = self._waiters.pop(msg_id)
+            self._finished(waiter, None)
+            if not waiter.future.done():
+                waiter.future.set_exception(DeadlineExceededError(DeadlineExceeded(
+                    msg_id, waiter.node_id, waiter.agent_id, "no acknowledgement or answer before the deadline")))
+        if self._waiters and not self._closed:
+            assert self._loop is not None
+            self._sweep = self._loop.call_later(WAITER_SWEEP_S, self._sweep_waiters)
+
+    def _finished(self, waiter: _Waiter, ok: bool | None) -> None:
+        if waiter.balanced:
+            self.balancer.finished(waiter.agent_id, int((time.perf_counter() - waiter.started) * 1000) if ok else None)
 
     async def _room_for(self, node_id: str, agent_id: str, prio: int, policy: str, timeout_s: float) -> None:
         if self.delivery.capacity(node_id, agent_id, prio) > 0:
@@ -870,11 +894,11 @@ class AgentService:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise self._local_backpressure(agent_id, node_id, f"no room in the send queue within {timeout_s:g} s")
-            if self._room is None or self._room.done():
-                assert self._loop is not None
-                self._room = self._loop.create_future()
+            assert self._loop is not None
+            room: asyncio.Future[None] = self._loop.create_future()
+            self._room.append(room)
             try:
-                await asyncio.wait_for(asyncio.shield(self._room), left)
+                await asyncio.wait_for(room, left)
             except TimeoutError:
                 pass
 
@@ -982,8 +1006,12 @@ class AgentService:
         for core in (delivery, registry, broadcaster):
             for out in core.messages_to_send():
                 send(out.address, out.frame, out.peer_id)
-        if progress and self._room is not None and not self._room.done():
-            self._room.set_result(None)
+        if progress and self._room:
+            # Wake a few waiters per pump (FIFO), not all of them: each re-checks the room it needs.
+            for _ in range(min(len(self._room), ROOM_WAKE)):
+                room = self._room.popleft()
+                if not room.done():
+                    room.set_result(None)
         when = min((t for t in (registry.get_timer(), delivery.get_timer(), broadcaster.get_timer()) if t is not None),
                    default=None)
         if when != self._timer_at:
@@ -1055,14 +1083,14 @@ class AgentService:
             waiter = self._waiters.get(event.msg_id)
             if waiter is not None and waiter.kind == KIND_DATA:
                 del self._waiters[event.msg_id]
-                self.balancer.finished(waiter.agent_id, int((time.perf_counter() - waiter.started) * 1000))
+                self._finished(waiter, True)
                 if not waiter.future.done():
                     waiter.future.set_result(event)
             return
         if t is ResponseReceived:
             waiter = self._waiters.pop(event.request_id, None)
             if waiter is not None:
-                self.balancer.finished(waiter.agent_id, int((time.perf_counter() - waiter.started) * 1000))
+                self._finished(waiter, True)
                 if not waiter.future.done():
                     waiter.future.set_result(event)
             return
@@ -1073,7 +1101,7 @@ class AgentService:
             self.schedule_pump()
         waiter = self._waiters.pop(event.msg_id, None)
         if waiter is not None:
-            self.balancer.finished(waiter.agent_id)
+            self._finished(waiter, False)
             if not waiter.future.done():
                 waiter.future.set_exception(_error(event))
             return
@@ -1416,6 +1444,7 @@ async def start_demo_agents(node: Node) -> list[Agent]:
     listener = await node.register_agent("listener", ["listen"], {"demo": "true"}, recorder("listener", lambda m: "ok"),
                                          description="Subscribed to the topic 'demo'.", version="1", topics=["demo"])
     sink = await node.register_agent("sink", ["sink"], {"demo": "true"}, lambda m: m.payload, broadcasts=False,
+                                     inbox_capacity=65_536,
                                      description="Answers requests with the payload, records nothing (benchmarks).")
     service = node.agents
 
