@@ -24,10 +24,11 @@ def up(
     mdns: bool = typer.Option(False, "--mdns/--no-mdns", help="Also discover each other over mDNS."),
     keep: bool = typer.Option(False, "--keep", help="Keep the data directories after stopping (their path is printed)."),
     duration_s: float = typer.Option(0.0, "--duration-s", help="Stop by itself after this many seconds (0: run until Ctrl-C)."),
+    demo_agents: bool = typer.Option(True, "--demo-agents/--no-demo-agents", help="Run the demo agents (echo, counter, listener, sink) on every node."),
 ) -> None:
     from agentnode.local_cluster import LocalCluster
 
-    cluster = LocalCluster(nodes, transport=transport, mdns=mdns, keep=keep)
+    cluster = LocalCluster(nodes, transport=transport, mdns=mdns, keep=keep, extra_args=["--demo-agents"] if demo_agents else [])
     console.print(f"starting {nodes} nodes in cluster [bold]{cluster.cluster}[/bold] under {cluster.root}")
     try:
         cluster.start()
@@ -36,6 +37,11 @@ def up(
         fail(f"could not start the cluster: {exc}")
     console.print("each node's CLI works too, for example:")
     console.print(f"  agentnode peers --data-dir {cluster.nodes[0].data_dir}")
+    if demo_agents:
+        console.print(f"  agentnode agents --data-dir {cluster.nodes[0].data_dir}")
+        console.print(f"  agentnode request --capability echo hello --data-dir {cluster.nodes[0].data_dir}")
+        console.print(f"  agentnode subscribe demo --data-dir {cluster.nodes[0].data_dir}   # then: agentnode publish demo hi")
+        console.print(f"  (each node's demo ticker asks an echo agent every 2 s: see {cluster.nodes[0].log_path})")
     console.print("press Ctrl-C to stop all nodes")
     deadline = time.monotonic() + duration_s if duration_s > 0 else None
     try:

@@ -65,9 +65,26 @@ def test_three_nodes_unicast_request_broadcast_and_capability_failover(tmp_path:
         missing = _cli("request", "nobody@nowhere", "x", "--data-dir", str(cluster.nodes[0].data_dir))
         assert missing.returncode != 0 and "no agent with this id" in missing.stderr
 
-        # broadcast reaches every agent exactly once; a topic reaches its subscribers only
-        _json(cluster.nodes[1], "broadcast", "hello everyone")
-        _json(cluster.nodes[2], "publish", "demo", "topic news")
+        # `agentnode subscribe` prints what is published on the topic, from any node
+        subscriber = subprocess.Popen(
+            [sys.executable, "-m", "agentnode.cli.main", "subscribe", "demo", "--count", "1", "--json",
+             "--data-dir", str(cluster.nodes[0].data_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            cluster.wait_for("the CLI subscription to replicate", lambda: any(
+                a["agent_id"] == f"_node@{cluster.nodes[0].node_id}" and "demo" in a["topics"]
+                for a in cluster.nodes[2].call("agents.list")), timeout_s=20)
+
+            # broadcast reaches every agent exactly once; a topic reaches its subscribers only
+            _json(cluster.nodes[1], "broadcast", "hello everyone")
+            _json(cluster.nodes[2], "publish", "demo", "topic news")
+            out, err = subscriber.communicate(timeout=20)
+        finally:
+            if subscriber.poll() is None:
+                subscriber.kill()
+                subscriber.wait(timeout=10)
+        assert subscriber.returncode == 0, err
+        printed = [json.loads(line) for line in out.splitlines() if line.strip()]
+        assert [(p["topic"], p["data"]) for p in printed] == [("demo", "topic news")]
 
         def broadcast_done() -> bool:
             return all(sum(e["data"] == "hello everyone" for e in _log(n, a)) >= 1
