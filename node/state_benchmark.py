@@ -250,12 +250,22 @@ def _local_updates(clock: Callable[[], float], count: int) -> dict[str, Any]:
         core.update(key, "gcounter", "increment", (1,), net.now)
     elapsed = clock() - start
     net._drain(net.ids[0])
-    net.run(2_000)
-    delta_bytes = net.bytes_by_type.get(64, 0)
+    net.run_until(net.now + 60_000, stop=net.converged)
+    # Delta bytes: a steady trickle (10 updates per 5 ms batch window), as the delta stream sees it.
+    before = net.bytes_by_type.get(64, 0)
+    trickle = 2_000
+    for i in range(trickle):
+        core.update(f"counter-{i % 1000}", "gcounter", "increment", (1,), net.now)
+        if i % 10 == 9:
+            net._drain(net.ids[0])
+            net.run(5)
+    net._drain(net.ids[0])
+    net.run_until(net.now + 60_000, stop=net.converged)
+    delta_bytes = net.bytes_by_type.get(64, 0) - before
     return {
         "updates": count,
         "updates_per_s": round(count / elapsed) if elapsed > 0 else None,
-        "delta_bytes_per_update_per_peer": round(delta_bytes / count / 2, 1),
+        "delta_bytes_per_update_per_peer": round(delta_bytes / trickle / 2, 1),
         "converged": net.converged(),
     }
 
@@ -291,8 +301,14 @@ def _repair_bytes(keys: int, changed: int) -> dict[str, Any]:
     }
 
 
-def _partition_heal(nodes: int, keys: int, writes: int, partition_ms: int, seed: int, clock: Callable[[], float]) -> dict[str, Any]:
-    """Simulated time for `nodes` replicas holding `keys` keys to re-converge after a partition heals."""
+def _partition_heal(nodes: int, keys: int, writes: int, partition_ms: int, seed: int, clock: Callable[[], float],
+                    rejoin_jitter_ms: int = 1_000) -> dict[str, Any]:
+    """Simulated time for `nodes` replicas holding `keys` keys to re-converge after a partition heals.
+
+    Membership is modelled: each node hears `member_up` for each peer across the cut at a uniform random
+    time within `rejoin_jitter_ms` after the heal (SWIM probes one member per 1 s period, so re-merged
+    peers are not all noticed at once).
+    """
     wall = clock()
     net = ReplicaNet(nodes, seed=seed)
     # Pre-load: each key written once by some replica, then delivered to all (as a converged cluster would be).
@@ -328,7 +344,7 @@ def _partition_heal(nodes: int, keys: int, writes: int, partition_ms: int, seed:
     sides_converged = net.converged(left) and net.converged(right)
     before = net.bytes_total()
     heal_at = net.now
-    net.heal()
+    net.heal(jitter_ms=rejoin_jitter_ms)
     wall_heal = clock()
     ok = net.run_until(heal_at + 60_000, stop=net.converged, check_every_ms=10)
     return {
@@ -340,6 +356,7 @@ def _partition_heal(nodes: int, keys: int, writes: int, partition_ms: int, seed:
         "converged": ok,
         "reconverge_s": round((net.now - heal_at) / 1000, 3) if ok else None,
         "goal_s": 2.0,
+        "membership_rejoin_jitter_s": rejoin_jitter_ms / 1000,
         "bytes_after_heal": net.bytes_total() - before,
         "wall_s_setup": round(setup_s, 1),
         "wall_s_heal": round(clock() - wall_heal, 1),
