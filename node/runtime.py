@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -160,7 +159,7 @@ class Node(AgentAPI):
             self._metrics = MetricsServer(self, self.config.metrics)
             await self._metrics.start()
         await self._agent_service.start()
-        self._started_at = time.time()
+        self._started_at = self._loop.time()
         self._pump()
         log.info("node %s listening on %s (cluster %s, %s)", self.node_id, advertised, self.config.cluster, self.config.transport)
 
@@ -228,7 +227,7 @@ class Node(AgentAPI):
             "mdns": self.config.mdns,
             "incarnation": me.incarnation if me else None,
             "members": by_state,
-            "uptime_s": round(time.time() - self._started_at, 1),
+            "uptime_s": round(self._require_loop().time() - self._started_at, 1),
             "pid": os.getpid(),
             "data_dir": str(self._data.path),
             "transport_stats": _asdict(self._require_transport().stats()),
@@ -399,6 +398,11 @@ class Node(AgentAPI):
                 await closer.close()
             except Exception:  # closing must finish even if one part fails
                 log.exception("error while closing %s", type(closer).__name__)
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise NodeStopped("the node has not started")
+        return self._loop
 
     def _require_core(self) -> NodeCore:
         if self._core is None:

@@ -54,8 +54,11 @@ NODE_ID_LENGTH = NODE_ID_BITS // 5
 """Base32 carries 5 bits per character (RFC 4648 section 6), so 20 characters."""
 _ID_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")
 
-CLOCK_SKEW_ALLOWANCE = _dt.timedelta(minutes=5)
-"""Certificates start this far in the past so a peer whose clock lags a little still accepts them."""
+CLOCK_SKEW_ALLOWANCE = _dt.timedelta(days=1)
+"""Certificates start this far in the past, so a peer whose clock lags (a VM restored from a snapshot,
+NTP not yet synchronised) still accepts them. With 5 minutes, a node one hour behind refused every
+fresh certificate and was cut off (chaos scenario clock-skew-backward). Back-dating grants nothing:
+the CA signed the key either way. `agentnode doctor` flags skew beyond 500 ms long before this."""
 NODE_VALIDITY_DAYS_DEFAULT = 365
 CA_VALIDITY_DAYS_DEFAULT = 3650
 

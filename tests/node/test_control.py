@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -79,3 +80,24 @@ def test_state_survives_and_garbage_is_ignored(tmp_path: Path) -> None:
     assert data.read_state() == {"incarnation": 3}
     data.state_file.write_text("{not json")
     assert data.read_state() == {}
+
+
+def test_failed_atomic_write_leaves_no_temp_file(tmp_path: Path) -> None:
+    from agentnode.datadir import write_atomic
+
+    target = tmp_path / "missing-dir" / "state.json"  # the write fails: no such directory
+    with pytest.raises(OSError):
+        write_atomic(target, b"{}")
+    full = tmp_path / "ro"
+    full.mkdir()
+    (full / "state.json").write_text("old")
+    full.chmod(0o500)
+    try:
+        if os.access(full, os.W_OK):  # root ignores the mode: make the rename fail instead
+            (full / "state.json").unlink()
+            (full / "state.json").mkdir()
+        with pytest.raises(OSError):
+            write_atomic(full / "state.json", b"new")
+        assert not [p for p in full.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        full.chmod(0o700)

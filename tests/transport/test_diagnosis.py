@@ -260,7 +260,7 @@ def test_certificate_checks(pki: Pki) -> None:
     soon = check_certificate(pki.cluster, now + dt.timedelta(days=360))
     assert soon.ok and soon.kind == "expires_soon" and soon.fix
     assert check_certificate(pki.cluster, now + dt.timedelta(days=400)).kind == "expired"
-    early = check_certificate(pki.cluster, now - dt.timedelta(days=1))
+    early = check_certificate(pki.cluster, now - dt.timedelta(days=2))  # beyond the one-day back-dating
     assert early.kind == "not_yet_valid" and "clock" in early.problem
 
 
@@ -286,7 +286,7 @@ def test_clock_skew_rtt_widens_the_margin() -> None:
 
 
 def test_clock_skew_beyond_certificate_allowance_is_severe() -> None:
-    d = judge_clock_skew(0, 6 * 60 * 1000)
+    d = judge_clock_skew(0, 25 * 3600 * 1000)  # beyond the one-day certificate back-dating
     assert d.kind == "skew_severe" and "certificates" in d.problem
 
 
