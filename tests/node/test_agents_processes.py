@@ -132,12 +132,15 @@ def test_durable_messages_survive_kill_9_of_the_sender(tmp_path: Path) -> None:
                 confirmed.append(tag)
                 batch += 1
 
+        assert receiver.process is not None
+        # No acks come back while the receiver is stopped, so every confirmed batch is still in the
+        # sender's outbox when it is killed: the restart must resend them all (deterministic on a busy box).
+        receiver.process.send_signal(signal.SIGSTOP)
         thread = threading.Thread(target=stream)
         thread.start()
-        time.sleep(1.0)
-        assert receiver.process is not None
-        receiver.process.send_signal(signal.SIGSTOP)  # acks stop, so the sender's outbox fills up
-        time.sleep(1.0)
+        deadline = time.monotonic() + 20
+        while len(confirmed) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         cluster.kill(sender)  # kill -9 in the middle of the stream
         stop.set()
         thread.join(timeout=30)
