@@ -13,17 +13,61 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["ConfigError", "Node", "NodeConfig", "NodeStopped", "__version__"]
+__all__ = [
+    "Agent",
+    "BackpressureError",
+    "Capability",
+    "ConfigError",
+    "ConsistencyNotMet",
+    "DeadlineExceededError",
+    "DeliveryError",
+    "ExpiredError",
+    "Message",
+    "MessagingConfig",
+    "Node",
+    "NodeConfig",
+    "NodeStopped",
+    "NodeUnreachableError",
+    "RemoteHandlerError",
+    "Reply",
+    "StateChange",
+    "UnknownAgentError",
+    "__version__",
+]
 
 if TYPE_CHECKING:
+    from agentnode.agents import (
+        Agent,
+        BackpressureError,
+        Capability,
+        DeadlineExceededError,
+        DeliveryError,
+        ExpiredError,
+        Message,
+        MessagingConfig,
+        NodeUnreachableError,
+        RemoteHandlerError,
+        Reply,
+        UnknownAgentError,
+    )
     from agentnode.config import ConfigError, NodeConfig
     from agentnode.runtime import Node, NodeStopped
+    from agentnode.state import ConsistencyNotMet, StateChange
 
 _LAZY = {
     "ConfigError": "agentnode.config",
     "NodeConfig": "agentnode.config",
     "Node": "agentnode.runtime",
     "NodeStopped": "agentnode.runtime",
+    "ConsistencyNotMet": "agentnode.state",
+    "StateChange": "agentnode.state",
+    **{
+        name: "agentnode.agents"
+        for name in (
+            "Agent", "BackpressureError", "Capability", "DeadlineExceededError", "DeliveryError", "ExpiredError",
+            "Message", "MessagingConfig", "NodeUnreachableError", "RemoteHandlerError", "Reply", "UnknownAgentError",
+        )
+    },
 }
 
 
