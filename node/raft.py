@@ -74,6 +74,9 @@ __all__ = [
     "choose_voters",
     "decode_result",
     "encode_result",
+    "error_from_payload",
+    "error_payload",
+    "outcome_of_error_kind",
     "load_settings",
 ]
 
@@ -306,12 +309,14 @@ def decode_result(value: Any, depth: int = 0) -> Any:
     raise ResultDecodeError("unknown result tag")
 
 
-def _error_payload(exc: BaseException) -> list[Any]:
+def error_payload(exc: BaseException) -> list[Any]:
+    """An exception as ``[class name, message]``; unknown classes travel as ConsensusError/ValueError."""
     kind = type(exc).__name__ if type(exc).__name__ in _ERRORS else ("ValueError" if isinstance(exc, ValueError) else "ConsensusError")
     return [kind, str(exc)[:ERROR_CHARS_MAX]]
 
 
-def _error_from_payload(payload: Any) -> Exception:
+def error_from_payload(payload: Any) -> Exception:
+    """The exception a voter reported, as the same class; unreadable payloads mean "outcome unknown"."""
     if not (isinstance(payload, list) and len(payload) == 2 and isinstance(payload[0], str) and isinstance(payload[1], str)):
         return ConsensusTimeout("a voter sent an unreadable error; the outcome is unknown")
     cls = _ERRORS.get(payload[0], ConsensusError)
@@ -771,7 +776,7 @@ class RaftService:
             self._addresses[sender] = reply_address
         if len(self._serving) >= SERVING_MAX:
             self.stats.refused_overloaded += 1
-            self._send_to(sender, [K_RESPONSE, corr, False, _error_payload(RaftOverloaded(
+            self._send_to(sender, [K_RESPONSE, corr, False, error_payload(RaftOverloaded(
                 f"voter {self._node_id} is serving {SERVING_MAX} operations; not applied, retry shortly"))])
             return
         self._send_to(sender, [K_ACCEPTED, corr])
@@ -790,7 +795,7 @@ class RaftService:
         except Exception as exc:  # every failure goes back to the caller with its class name
             if not isinstance(exc, (ConsensusError, ValueError)):
                 log.exception("raft: forwarded %s from %s failed", op, sender)
-            reply = [K_RESPONSE, corr, False, _error_payload(exc)]
+            reply = [K_RESPONSE, corr, False, error_payload(exc)]
         self._send_to(sender, reply)
 
     async def _run_op(self, sender: str, op: str, args: list[Any]) -> Any:
@@ -1001,7 +1006,7 @@ class RaftService:
         finally:
             self._pending.pop(corr, None)
         if not ok:
-            raise _error_from_payload(payload)
+            raise error_from_payload(payload)
         try:
             if op == "read":
                 if not (isinstance(payload, list) and len(payload) == 3 and type(payload[1]) is int):
