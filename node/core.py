@@ -415,7 +415,15 @@ class NodeCore:
         self._apply_all(msg.updates, sender, now_ms)
         if self._leaving:
             return
-        self._send(msg.from_address, sender, Ack(msg.seq, self._piggyback(sender)))
+        updates = self._piggyback(sender)
+        me = self.node_id
+        if any(u.node_id == me and u.kind != KIND_ALIVE for u in msg.updates):
+            # The prober holds an accusation against us: the ack itself carries our refutation, so
+            # an answered check probe always clears a false suspicion.
+            mine = self._self_alive()
+            if mine not in updates:
+                updates = updates + (mine,)
+        self._send(msg.from_address, sender, Ack(msg.seq, updates))
         if sender not in self._members and self._rate_ok(sender, now_ms):
             # A member we never heard of probes us: its join gossip missed us. Exchange state with it.
             self._send_push_pull(msg.from_address, sender, join=False)
@@ -434,7 +442,9 @@ class NodeCore:
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
-            self._send(relay.origin_address, relay.origin, Ack(relay.origin_seq, ()))
+            # Pass the target's own updates on: they may hold its refutation for the origin.
+            own = tuple(u for u in msg.updates if u.node_id == sender)
+            self._send(relay.origin_address, relay.origin, Ack(relay.origin_seq, own))
             return
         purpose = self._pings.pop(seq, None)
         if purpose is None:
