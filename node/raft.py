@@ -140,6 +140,8 @@ SERVING_MAX = 1_024
 """Forwarded operations a voter runs at once; more are refused with `RaftOverloaded`."""
 REVOKED_IN_INFO_MAX = 2_000
 """Revoked ids carried in one INFO answer (a revocation is also pushed when it commits)."""
+ADMIT_PER_TICK = 8
+"""Members the leader admits to the roster per housekeeping tick (bounded work when many join at once)."""
 ADDRESS_CACHE_MAX = 10_000
 """Parsed "host:port" strings kept (one per member address seen)."""
 ID_CHARS_MAX = 128
@@ -430,6 +432,8 @@ class RaftService:
         self._info_cursor = 0
         self._leaderless_since_ms: int | None = None
         self._conflict_logged = False
+        self._admitting = False
+        self._admit_refused: dict[str, None] = {}
         self._this_node_revoked = False
         self._closed = False
 
@@ -1170,6 +1174,7 @@ class RaftService:
             self._persist_voters()
             if status.role == "leader":
                 self._remove_revoked_voters(status.voters)
+                self._admit_members()
             leaderless = self._leaderless_since_ms is not None and now - self._leaderless_since_ms >= LEADERLESS_CHECK_MS
             if leaderless and now >= self._next_info_ms:
                 self._next_info_ms = now + INFO_REFRESH_MS
@@ -1224,6 +1229,32 @@ class RaftService:
         revoked = [v for v in voters if v != self._node_id and self.refuses(v)]
         if revoked and not self._change_lock.locked():
             self._spawn(self._remove_voter_here(revoked[0]))
+
+    def _admit_members(self) -> None:
+        """On the leader: admit alive members the roster does not list yet, a few per tick."""
+        group = self._group
+        if self._admitting or group is None:
+            return
+        roster = group.state.query(c.GetRoster())
+        known = {*roster.admitted, *roster.revoked}
+        todo = [n for n in sorted(self._states) if self._states[n] == "alive" and n not in known
+                and n not in self._admit_refused][:ADMIT_PER_TICK]
+        if todo:
+            self._admitting = True
+            self._spawn(self._admit(todo))
+
+    async def _admit(self, node_ids: list[str]) -> None:
+        try:
+            for node_id in node_ids:
+                if self._group is None:
+                    return
+                result = await self._group.propose(c.AdmitNode(node_id))
+                if not result.ok:
+                    self._admit_refused[node_id] = None  # revoked or roster full: never retried
+        except ConsensusError:
+            pass  # leadership moved or quorum lost: the next leader's tick retries
+        finally:
+            self._admitting = False
 
     def _learn_revoked(self, ids: list[str]) -> None:
         for node_id in ids:

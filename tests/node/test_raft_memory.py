@@ -161,6 +161,7 @@ async def test_revoked_node_is_refused_by_every_node(tmp_path: Path, monkeypatch
         assert result.ok
         roster = await nodes[0].raft.read(GetRoster())
         assert victim.node_id in roster.value.revoked
+        assert set(roster.value.admitted) >= {n.node_id for n in nodes[:3]}  # the leader admits alive members
         others = nodes[:3]
         await _until("every node to refuse the revoked node", lambda: all(n.raft.refuses(victim.node_id) for n in others))
         await _until("everyone to see the revoked node dead",
