@@ -98,6 +98,15 @@ def test_three_nodes_form_a_group_serve_the_cli_and_survive_a_leader_kill(tmp_pa
         assert json.loads(_cli(survivor, "kv", "get", "after-failover", "--json").stdout)["value"] == "yes"
         print(f"\nwrites resumed {waited:.2f} s after kill -9 of the leader")
 
+        # the killed voter restarts from its journal and catches up with what it missed
+        cluster.start_node(leader)
+
+        def caught_up() -> bool:
+            read = leader.client(timeout_s=5).call("kv_get", key="after-failover", stale=True)
+            return read["value"] == "yes" and _status(leader)["this_node"]["voter"]
+
+        cluster.wait_for("the restarted voter to catch up", caught_up, timeout_s=30)
+
         # a revoked node is refused by every node, and its own operations fail with a clear error
         revoke = _cli(survivor, "node", "revoke", outsider.node_id, "--reason", "test")
         assert revoke.returncode == 0, revoke.stderr
