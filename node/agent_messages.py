@@ -284,6 +284,9 @@ class Batch:
     """Messages from one node to another, most urgent priority first."""
 
     envelopes: tuple[Envelope, ...]
+    acks: Acks | None = None
+    """Acknowledgements and rejects for the receiver's own channels, piggybacked so that a response and the
+    ack of its request travel in one frame (decision 0115); None when there are none. Applied first."""
 
 
 class AckEntry(NamedTuple):
@@ -397,21 +400,27 @@ def _mid(m: MessageId) -> list[Any]:
     return [m.origin, m.epoch, m.counter]
 
 
+def _acks_wire(m: Acks) -> list[Any]:
+    return [[[a.dest_agent, a.priority, a.session, a.upto, list(a.selective)] for a in m.entries],
+            [[_mid(r.msg_id), r.dest_agent, r.priority, r.session, r.seq, r.reason, r.detail] for r in m.rejects]]
+
+
 def encode(message: AgentMessage, cluster: str) -> list[Any]:
     """The wire form of `message`: a list of msgpack-native values."""
     head = [PROTOCOL_VERSION, cluster]
     m: Any = message
     t = type(message)
     if t is Batch:
-        return head + [_T_BATCH, [
-            [e.session, e.seq, e.floor, _mid(e.msg_id), e.kind, e.dest_agent, e.src_agent, e.priority, e.ttl_ms,
-             e.flags, None if e.correlation is None else _mid(e.correlation), e.payload]
+        out = head + [_T_BATCH, [
+            [e.session, e.seq, e.floor, [e.msg_id[0], e.msg_id[1], e.msg_id[2]], e.kind, e.dest_agent, e.src_agent,
+             e.priority, e.ttl_ms, e.flags, None if e.correlation is None else _mid(e.correlation), e.payload]
             for e in m.envelopes
         ]]
+        if m.acks is not None:
+            out += _acks_wire(m.acks)
+        return out
     if t is Acks:
-        return head + [_T_ACKS, [[a.dest_agent, a.priority, a.session, a.upto, list(a.selective)] for a in m.entries],
-                       [[_mid(r.msg_id), r.dest_agent, r.priority, r.session, r.seq, r.reason, r.detail]
-                        for r in m.rejects]]
+        return head + [_T_ACKS, *_acks_wire(m)]
     if t is RegistryDigest:
         return head + [_T_REGISTRY_DIGEST, m.reply, [list(e) for e in m.entries]]
     if t is RegistrySet:
@@ -500,10 +509,15 @@ def _names(value: Any, limit: int, chars: int) -> tuple[str, ...]:
 
 
 def _msg_id(value: Any) -> MessageId:
-    raw = _array(value, 3)
-    if len(raw) != 3:
+    if (type(value) is not list and type(value) is not tuple) or len(value) != 3:
         raise _bad("bad message id")
-    return MessageId(_text(raw[0], MAX_ID_CHARS, allow_empty=False), _int(raw[1]), _int(raw[2]))
+    origin, epoch, counter = value
+    if type(origin) is not str or not origin or len(origin) > MAX_ID_CHARS:
+        raise _bad("bad text field")
+    if type(epoch) is not int or type(counter) is not int or not 0 <= epoch <= MAX_INCARNATION \
+            or not 0 <= counter <= MAX_INCARNATION:
+        raise _bad("bad integer field")
+    return MessageId(origin, epoch, counter)
 
 
 def _exact(frame: Any, n: int) -> None:
@@ -572,41 +586,54 @@ def _decode_set(f: Any) -> RegistrySet:
     return RegistrySet(owner, _int(f[4]), _int(f[5]), records)
 
 
-def _envelope(raw: Any) -> Envelope:
-    e = _array(raw, 12)
-    if len(e) != 12:
+def _envelope(e: Any) -> Envelope:
+    """One envelope, validated field by field in one pass (the hot path of every data frame)."""
+    if (type(e) is not list and type(e) is not tuple) or len(e) != 12:
         raise _bad("bad envelope")
-    kind = _int(e[4], KIND_ERROR)
-    corr = None if e[10] is None else _msg_id(e[10])
-    if (kind in (KIND_RESPONSE, KIND_ERROR)) != (corr is not None):
-        raise _bad("responses and only responses carry a correlation id")
-    session, seq, floor = _int(e[0]), _int(e[1]), _int(e[2])
-    if (session == 0) != (seq == 0) or floor > seq:
+    session, seq, floor, mid, kind, dest, src, priority, ttl, flags, corr, payload = e
+    if (type(session) is not int or type(seq) is not int or type(floor) is not int or type(kind) is not int
+            or type(priority) is not int or type(ttl) is not int or type(flags) is not int
+            or not 0 <= session <= MAX_INCARNATION or not 0 <= seq <= MAX_INCARNATION or not 0 <= floor <= seq
+            or not 0 <= kind <= KIND_ERROR or not 0 <= priority <= PRIORITY_LOW or not 0 <= ttl <= MAX_TTL_MS
+            or not 0 <= flags <= _FLAGS_ALL):
+        if type(floor) is int and type(seq) is int and floor > seq >= 0 and floor <= MAX_INCARNATION:
+            raise _bad("bad channel position")
+        raise _bad("bad integer field")
+    if (session == 0) != (seq == 0):
         raise _bad("bad channel position")
-    return Envelope(
-        session=session, seq=seq, floor=floor, msg_id=_msg_id(e[3]), kind=kind,
-        dest_agent=_text(e[5], MAX_AGENT_ID_CHARS), src_agent=_text(e[6], MAX_AGENT_ID_CHARS),
-        priority=_int(e[7], PRIORITY_LOW), ttl_ms=_int(e[8], MAX_TTL_MS), flags=_int(e[9], _FLAGS_ALL),
-        correlation=corr, payload=_bytes(e[11]),
-    )
+    if corr is not None:
+        corr = _msg_id(corr)
+    if (kind == KIND_RESPONSE or kind == KIND_ERROR) != (corr is not None):
+        raise _bad("responses and only responses carry a correlation id")
+    if type(dest) is not str or len(dest) > MAX_AGENT_ID_CHARS or type(src) is not str or len(src) > MAX_AGENT_ID_CHARS:
+        raise _bad("bad text field")
+    if type(payload) is not bytes or len(payload) > MAX_PAYLOAD_BYTES:
+        raise _bad("bad payload")
+    return Envelope(session, seq, floor, _msg_id(mid), kind, dest, src, priority, ttl, flags, corr, payload)
 
 
 def _decode_batch(f: Any) -> Batch:
-    _exact(f, 4)
-    return Batch(tuple(_envelope(e) for e in _array(f[3], MAX_ENVELOPES_PER_BATCH)))
+    if len(f) == 4:
+        return Batch(tuple([_envelope(e) for e in _array(f[3], MAX_ENVELOPES_PER_BATCH)]))
+    _exact(f, 6)
+    return Batch(tuple([_envelope(e) for e in _array(f[3], MAX_ENVELOPES_PER_BATCH)]), _acks_from(f[4], f[5]))
 
 
 def _decode_acks(f: Any) -> Acks:
     _exact(f, 5)
+    return _acks_from(f[3], f[4])
+
+
+def _acks_from(raw_entries: Any, raw_rejects: Any) -> Acks:
     out = []
-    for raw in _array(f[3], MAX_ACK_ENTRIES):
+    for raw in _array(raw_entries, MAX_ACK_ENTRIES):
         a = _array(raw, 5)
         if len(a) != 5:
             raise _bad("bad ack entry")
         sel = tuple(_int(s) for s in _array(a[4], MAX_SELECTIVE_ACKS))
         out.append(AckEntry(_text(a[0], MAX_AGENT_ID_CHARS), _int(a[1], PRIORITY_LOW), _int(a[2]), _int(a[3]), sel))
     rejects = []
-    for raw in _array(f[4], MAX_ACK_ENTRIES):
+    for raw in _array(raw_rejects, MAX_ACK_ENTRIES):
         r = _array(raw, 7)
         if len(r) != 7:
             raise _bad("bad reject entry")

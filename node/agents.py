@@ -378,6 +378,11 @@ class Agent:
         self._workers: list[asyncio.Task[None]] = []
         self._concurrency = concurrency
         self._busy_since: dict[int, float] = {}
+        self._inline = handler is not None and concurrency == 1 and not _is_async(handler)
+        """Run the handler straight from the pump when the inbox is empty (decision 0115): a plain function
+        with one worker, so FIFO holds; cleared for good if it ever returns an awaitable."""
+        self._inline_task: asyncio.Task[None] | None = None
+        """The rest of an inline call that returned an awaitable; the worker waits for it (FIFO)."""
         self.handled = 0
         self.handler_errors = 0
         self.closed = False
@@ -510,6 +515,8 @@ class AgentService:
         self._outbox = Outbox.in_data_dir(self._data_dir, synchronous=self.config.outbox_synchronous,
                                           max_rows=self.config.outbox_max_rows)
         self._pump_scheduled = False
+        self._pumping = False
+        """Inside `_pump` (a transport that delivers synchronously must not re-enter it)."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._room: deque[asyncio.Future[None]] = deque()
@@ -561,7 +568,7 @@ class AgentService:
         for handle in (self._timer, self._sweep):
             if handle is not None:
                 handle.cancel()
-        tasks = [t for a in self._agents.values() for t in a._workers]
+        tasks = [t for a in self._agents.values() for t in (*a._workers, a._inline_task) if t is not None]
         tasks += [t for t in (self._health_task, self._demo_task) if t is not None]
         for task in tasks:
             task.cancel()
@@ -639,9 +646,10 @@ class AgentService:
         now = self.now_ms()
         self.registry.deregister(agent_id, now)
         self.delivery.close_inbox(agent_id)
-        for task in agent._workers:
+        tasks = [t for t in (*agent._workers, agent._inline_task) if t is not None]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*agent._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         # Whatever the workers had not taken: requests are answered, the rest counted (never silent).
         while not agent._queue.empty():
             item = agent._queue.get_nowait()
@@ -846,7 +854,8 @@ class AgentService:
             raise self._local_backpressure(agent_id, node_id, str(exc)) from None
         # The core enforces the deadline; the sweep's bound only guards against a lost event.
         future = self._new_waiter(msg_id, agent_id, node_id, KIND_REQUEST, timeout_ms / 1000 + 1.0, balanced)
-        self.schedule_pump()
+        # Pump now rather than on the next loop turn: a request is latency-bound, not batch-bound.
+        self._pump()
         started = time.perf_counter()
         result = await future
         self.counters["replies"] += 1
@@ -947,7 +956,11 @@ class AgentService:
             self.registry.receive(sender_id, frame, now)
         else:
             self.broadcaster.receive(sender_id, frame, now)
-        self.schedule_pump()
+        # Pump in this turn (decision 0115): the answer or ack leaves without waiting a loop turn.
+        if self._pumping:
+            self.schedule_pump()
+        else:
+            self._pump()
 
     def _on_member_event(self, event: ev.NodeEvent) -> None:
         if isinstance(event, (ev.MemberJoined, ev.MemberAlive, ev.MemberUpdated)):
@@ -989,6 +1002,16 @@ class AgentService:
         self._pump_scheduled = False
         if self._closed:
             return
+        if self._pumping:
+            self.schedule_pump()
+            return
+        self._pumping = True
+        try:
+            self._pump_once()
+        finally:
+            self._pumping = False
+
+    def _pump_once(self) -> None:
         try:
             self._flush_outbox()
         except Exception:
@@ -1014,14 +1037,14 @@ class AgentService:
                     room.set_result(None)
         when = min((t for t in (registry.get_timer(), delivery.get_timer(), broadcaster.get_timer()) if t is not None),
                    default=None)
-        if when != self._timer_at:
+        # Re-arm only for an earlier deadline: a timer that fires early finds nothing due and re-arms,
+        # which is cheaper than cancelling and re-arming on every pump.
+        if when is not None and (self._timer_at is None or when < self._timer_at):
             if self._timer is not None:
                 self._timer.cancel()
-                self._timer = None
             self._timer_at = when
-            if when is not None:
-                assert self._loop is not None
-                self._timer = self._loop.call_at(max(when, self.now_ms()) / 1000.0, self._on_timer)
+            assert self._loop is not None
+            self._timer = self._loop.call_at(max(when, self.now_ms()) / 1000.0, self._on_timer)
 
     def _flush_outbox(self) -> None:
         """Group commit: stage -> one transaction -> hand to delivery -> resolve the senders."""
@@ -1072,6 +1095,9 @@ class AgentService:
             if agent is None:
                 self.counters["late_incoming"] += 1
                 self._answer_gone(event, self.now_ms())
+                return
+            if agent._inline and not agent._busy_since and agent._queue.empty():
+                self._run_inline(agent, event)
                 return
             agent._queue.put_nowait(event)
             return
@@ -1131,11 +1157,78 @@ class AgentService:
 
     # -- internals: local agents ------------------------------------------------------------------------
 
+    def _run_inline(self, agent: Agent, item: Incoming) -> None:
+        """Handle `item` now, from the pump: no queue, no worker wake-up, the answer leaves in this pump.
+
+        Only for a plain-function handler whose inbox is empty and idle, so the order is the worker's.
+        """
+        now = self.now_ms()
+        self.delivery.release(agent.agent_id)
+        if item.expires_ms is not None and now > item.expires_ms:
+            self.delivery.drop_expired(item, now)
+            self.counters["expired_in_inbox"] += 1
+            self.schedule_pump()
+            return
+        msg = Message(item.msg_id, item.payload, agent.agent_id, item.src_agent, item.sender_node,
+                      "request" if item.kind == KIND_REQUEST else "message", item.priority)
+        try:
+            result = agent._handler(msg)  # type: ignore[misc]
+            if inspect.isawaitable(result):
+                # Not a plain function after all: finish this one in a task, queue the rest to the worker.
+                agent._inline = False
+                assert self._loop is not None
+                agent._busy_since[0] = time.monotonic()
+                agent._inline_task = self._loop.create_task(self._finish_inline(agent, item, result))
+                return
+        except Exception as exc:
+            self._handler_failed(agent, item, msg, exc)
+        else:
+            if item.kind == KIND_REQUEST:
+                self._answer_request(item, result)
+        agent.handled += 1
+        self.counters["handled"] += 1
+
+    async def _finish_inline(self, agent: Agent, item: Incoming, pending: Awaitable[Any]) -> None:
+        msg_kind = "request" if item.kind == KIND_REQUEST else "message"
+        try:
+            result = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._handler_failed(agent, item, Message(item.msg_id, item.payload, agent.agent_id, item.src_agent,
+                                                      item.sender_node, msg_kind, item.priority), exc)  # type: ignore[arg-type]
+        else:
+            if item.kind == KIND_REQUEST:
+                self._answer_request(item, result)
+        finally:
+            agent._busy_since.pop(0, None)
+        agent.handled += 1
+        self.counters["handled"] += 1
+
+    def _handler_failed(self, agent: Agent, item: Any, msg: Message, exc: Exception) -> None:
+        agent.handler_errors += 1
+        self.counters["handler_errors"] += 1
+        if type(item) is Incoming and item.kind == KIND_REQUEST:
+            self._respond(item, b"", f"{type(exc).__name__}: {exc}")
+        else:
+            log.warning("handler of %s raised on %s: %r", agent.agent_id, msg.kind, exc)
+
+    def _answer_request(self, item: Incoming, result: Any) -> None:
+        try:
+            answer = _answer(result)
+        except ValueError as exc:
+            self._respond(item, b"", f"{type(exc).__name__}: {exc}")
+            return
+        self._respond(item, answer, None)
+
     async def _work(self, agent: Agent, slot: int) -> None:
         queue = agent._queue
         delivery = self.delivery
         while True:
             item = await queue.get()
+            if agent._inline_task is not None:
+                task, agent._inline_task = agent._inline_task, None
+                await asyncio.gather(task, return_exceptions=True)
             now = self.now_ms()
             if type(item) is Incoming:
                 delivery.release(agent.agent_id)
@@ -1184,7 +1277,8 @@ class AgentService:
             self.delivery.respond(item, payload, self.now_ms(), error=error)
         except (SendQueueFull, ValueError) as exc:
             log.warning("cannot answer request %s: %s", item.msg_id, exc)
-        self.schedule_pump()
+        if not self._pumping:  # from an inline handler, the running pump sends it
+            self.schedule_pump()
 
     def _answer_gone(self, item: Incoming, now: int) -> None:
         self.delivery.release(item.dest_agent)
@@ -1368,6 +1462,11 @@ def _payload(payload: Payload) -> bytes:
     if isinstance(payload, (bytearray, memoryview)):
         return bytes(payload)
     raise ValueError(f"payload must be bytes or str, not {type(payload).__name__}; serialise it first (json.dumps)")
+
+
+def _is_async(handler: Any) -> bool:
+    """True for `async def` handlers (also as a bound method, partial or object with `async __call__`)."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None))
 
 
 def _answer(result: Any) -> bytes:

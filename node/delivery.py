@@ -112,7 +112,7 @@ class DeliveryConfig:
     """Each timeout is scaled by a uniform factor in [1 - jitter, 1 + jitter] (avoids retry storms)."""
     max_attempts: int = 8
     """Transmissions of an at-least-once message before it fails with NodeUnreachable (durable: unlimited)."""
-    window: int = 256
+    window: int = 1024
     """Unacknowledged messages in flight per channel."""
     channel_queue: int = 4_096
     """Messages waiting behind the window per channel; `send` raises SendQueueFull beyond it."""
@@ -120,7 +120,7 @@ class DeliveryConfig:
     """Messages tracked (queued + in flight) across all channels."""
     max_batch: int = 256
     """Messages per data frame."""
-    reorder_buffer: int = 512
+    reorder_buffer: int = 2048
     """Out-of-order messages a receive channel holds (must be >= window)."""
     inbox_capacity: int = 1_024
     """Default bounded inbox per local agent."""
@@ -512,6 +512,8 @@ class Delivery:
             self.counters["dropped_malformed"] += 1
             return
         if type(msg) is Batch:
+            if msg.acks is not None:
+                self._on_acks(sender_id, msg.acks, now_ms)
             self._on_batch(sender_id, msg, now_ms)
         elif type(msg) is Acks:
             self._on_acks(sender_id, msg, now_ms)
@@ -534,15 +536,40 @@ class Delivery:
             self._sweep(now_ms)
 
     def get_timer(self) -> int | None:
-        due = self._timers[0][0] if self._timers else None
+        """When to call `handle_timer` next. Timers of messages already acked or answered are discarded
+        here, so the runtime is not woken once per message only to find nothing to do (decision 0115)."""
+        timers = self._timers
+        while timers:
+            due, _, kind, key = timers[0]
+            if kind == _T_RETRY:
+                if key.state == _INFLIGHT and key.retry_at == due:
+                    break
+            elif kind == _T_TTL:
+                if key.state != _DONE:
+                    break
+            elif kind == _T_REQUEST:
+                pending = self._requests.get(key)
+                if pending is not None and pending.deadline_ms == due:
+                    break
+            else:
+                break
+            heapq.heappop(timers)
+        due = timers[0][0] if timers else None
         if self._sweep_at is not None and (due is None or self._sweep_at < due):
             due = self._sweep_at
         return due
 
     def messages_to_send(self) -> list[Outgoing]:
-        """Drain frames: per destination node one ack/reject frame, then data batches (urgent first)."""
+        """Drain frames: per destination node its acks/rejects, then data batches (urgent first).
+
+        When a node has both, the first ack chunk rides in the first data frame (a response carries the
+        ack of its request: one frame, one decode, one pump at the requester; decision 0115).
+        """
         out: list[Outgoing] = []
         cluster = self.cluster
+        staged = self._staged
+        self._staged = {}
+        piggyback: dict[str, Acks] = {}
         for node in list(dict.fromkeys([*self._ack_due, *self._rejects])):
             address = self._peers.address(node)
             keys = self._ack_due.pop(node, {})
@@ -556,18 +583,22 @@ class Delivery:
                     sel = tuple(sorted(rc.buffer)[:MAX_SELECTIVE_ACKS]) if rc.buffer else ()
                     entries.append(AckEntry(key[1], key[2], rc.session, rc.upto, sel))
             for i in range(0, max(len(entries), len(rejects)), MAX_ACK_ENTRIES):
-                out.append(Outgoing(address, node, encode(
-                    Acks(tuple(entries[i:i + MAX_ACK_ENTRIES]), tuple(rejects[i:i + MAX_ACK_ENTRIES])), cluster)))
-        staged = self._staged
-        self._staged = {}
+                acks = Acks(tuple(entries[i:i + MAX_ACK_ENTRIES]), tuple(rejects[i:i + MAX_ACK_ENTRIES]))
+                if i == 0 and staged.get(node):
+                    piggyback[node] = acks
+                else:
+                    out.append(Outgoing(address, node, encode(acks, cluster)))
         step = self.config.max_batch
         for node, envs in staged.items():
             address = self._peers.address(node)
             if address is None:
                 continue
-            envs.sort(key=_priority_of)
+            if len(envs) > 1:
+                envs.sort(key=_priority_of)
+            acks = piggyback.get(node)
             for i in range(0, len(envs), step):
-                out.append(Outgoing(address, node, encode(Batch(tuple(envs[i:i + step])), cluster)))
+                out.append(Outgoing(address, node, encode(Batch(tuple(envs[i:i + step]), acks), cluster)))
+                acks = None
         self.counters["frames_sent"] += len(out)
         return out
 

@@ -337,6 +337,9 @@ class Registry:
         owners = self._by_agent.get(agent_id)
         if not owners:
             return None
+        if len(owners) == 1:  # the common case, on every send: no list, no sort
+            for o in owners:
+                return self._entry(self._sets[o].records[agent_id])
         entries = [self._entry(self._sets[o].records[agent_id]) for o in owners]
         return min(entries, key=lambda e: (e.node_suspect, e.record.node_id))
 
