@@ -301,3 +301,33 @@ async def test_unknown_capability_and_node_unreachable(tmp_path: Path) -> None:
         hub.partition([a.node_id], [b.node_id])
         with pytest.raises((NodeUnreachableError, DeadlineExceededError)):
             await a.send(agent.agent_id, "x", timeout=30)
+
+
+async def test_plain_and_awaitable_returning_handlers_keep_fifo_and_answer(tmp_path: Path) -> None:
+    async with _cluster(tmp_path, 2) as (_, (a, b)):
+        plain: list[int] = []
+        late: list[int] = []
+
+        def sync_handler(m: Message) -> str:
+            plain.append(int(m.text()))
+            return f"ok {m.text()}"
+
+        def returns_awaitable(m: Message) -> object:  # a plain function that still returns a coroutine
+            async def finish() -> str:
+                await asyncio.sleep(0.001 if int(m.text()) % 3 == 0 else 0)
+                late.append(int(m.text()))
+                return f"late {m.text()}"
+            return finish()
+
+        fast = await b.register_agent("plain", [], None, sync_handler)
+        slow = await b.register_agent("awaits", [], None, returns_awaitable)
+        await _until("registry", _sees([a], [fast.agent_id, slow.agent_id]))
+        assert fast._inline and slow._inline  # both look like plain functions until one returns an awaitable
+        await asyncio.gather(*(a.send(fast.agent_id, str(i), confirm=True) for i in range(200)))
+        await asyncio.gather(*(a.send(slow.agent_id, str(i), confirm=True) for i in range(200)))
+        await _until("all handled", lambda: len(plain) == 200 and len(late) == 200)
+        assert plain == list(range(200)) and late == list(range(200))  # FIFO, exactly once, both paths
+        assert not slow._inline  # it fell back to its worker for good
+        assert (await a.request(fast.agent_id, "7")).text() == "ok 7"
+        assert (await a.request(slow.agent_id, "9")).text() == "late 9"
+        assert b.agents.stats()["handled"][slow.agent_id] == 201

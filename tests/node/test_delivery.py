@@ -273,6 +273,39 @@ def test_request_response_and_handler_error() -> None:
         b.respond(Incoming(ok, "a", "", "calc", 0, 1, b"", None, True), b"", 0)
 
 
+def test_a_response_carries_the_ack_of_its_request_in_one_frame() -> None:
+    a = Delivery("a", cluster=C, epoch=1, rng=random.Random(1), config=FAST)
+    b = Delivery("b", cluster=C, epoch=1, rng=random.Random(2), config=FAST)
+    a.member_up("b", "addr-b", 0)
+    b.member_up("a", "addr-a", 0)
+    b.open_inbox("calc")
+    rid = a.request("b", "calc", b"2+2", 0, timeout_ms=1_000)
+    (out,) = a.messages_to_send()
+    b.receive("a", msgpack.unpackb(msgpack.packb(out.frame), raw=False), 1)
+    req = b.next_event()
+    assert isinstance(req, Incoming)
+    b.respond(req, b"4", 1)
+    frames = b.messages_to_send()
+    assert len(frames) == 1, "the ack of the request rides in the response's frame"
+    msg = decode(frames[0].frame, C)
+    assert msg.acks is not None and msg.acks.entries[0].upto == 1 and len(msg.envelopes) == 1
+    a.receive("b", msgpack.unpackb(msgpack.packb(frames[0].frame), raw=False), 2)
+    (resp,) = [e for e in iter(a.next_event, None) if isinstance(e, ResponseReceived)]
+    assert resp.request_id == rid and resp.payload == b"4"
+    assert a.counters["acks_stale"] == 0
+
+
+def test_acked_messages_do_not_wake_the_timer() -> None:
+    net = Net(["a", "b"])
+    net.cores["b"].open_inbox("x")
+    for i in range(20):
+        net.cores["a"].send("b", "x", b"%d" % i, 0)
+    net.run(30)
+    assert len(net.take("a", MessageDelivered)) == 20
+    # Only the idle-channel sweep is left: no wake-up for the 20 retry timers of acked messages.
+    assert net.cores["a"].get_timer() == FAST.channel_idle_ms // 4
+
+
 def test_request_deadline_then_late_response_is_counted() -> None:
     net = Net(["a", "b"])
     b = net.cores["b"]

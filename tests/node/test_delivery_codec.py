@@ -59,7 +59,14 @@ def envelope(draw: st.DrawFn) -> Envelope:
     )
 
 
+acks = st.builds(
+    Acks, st.lists(st.builds(AckEntry, st.text(max_size=5), st.sampled_from([0, 1, 2]), small, small,
+                             st.lists(small, max_size=3).map(tuple)), max_size=3).map(tuple),
+    st.lists(st.builds(RejectEntry, mid, st.text(max_size=5), st.sampled_from([0, 1, 2]), small, small,
+                       st.sampled_from([1, 2, 3, 4]), st.text(max_size=10)), max_size=3).map(tuple))
+
 messages = st.one_of(
+    st.builds(Batch, st.lists(envelope(), min_size=1, max_size=4).map(tuple), acks),
     st.builds(RegistryDigest, st.booleans(), st.lists(st.tuples(name, small, small), max_size=4).map(tuple)),
     st.builds(RegistrySet, st.just("owner"), small, small,
               st.lists(record, max_size=3, unique_by=lambda r: r.agent_id).map(tuple)),
