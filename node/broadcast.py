@@ -56,6 +56,9 @@ MAX_MISSING = 10_000
 """Announced-but-unseen message ids tracked for grafting; more are ignored and counted."""
 MAX_ANNOUNCERS = 8
 """Announcers remembered per missing message."""
+MAX_GRAFTS = 16
+"""GRAFTs sent for one missing message, cycling through its announcers (a lost resend is asked again;
+with links starting lazy, more nodes depend on a GRAFT for a new tree's first messages)."""
 MAX_EVENTS = 100_000
 """Events waiting for `next_event`; beyond this the oldest are dropped and counted."""
 MAX_OUTBOX = 100_000
@@ -70,6 +73,10 @@ class BroadcastConfig:
     """Neighbours a node seeks (HyParView active view: Partisan min 3, max 6; hashicorp/hyparview 5 at 10k nodes)."""
     active_max: int = 8
     """Most neighbours a node keeps; requests beyond are refused (but never from an isolated node)."""
+    eager_at_start: int = 3
+    """A new neighbour link starts eager only while this node has fewer eager links; later ones start lazy
+    (IHAVE). Plumtree starts every link eager and prunes on duplicates, so the first broadcast over a fresh
+    overlay floods all 4-8 links; starting near a tree bounds that message's duplicates (decision 0116)."""
     lazy_interval_ms: int = 20
     """IHAVE announcements are batched this long (Partisan lazy_tick_period is 1 s; a LAN repair needs less)."""
     graft_timeout_ms: int = 60
@@ -88,6 +95,8 @@ class BroadcastConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.active_min <= self.active_max:
             raise ValueError("need 1 <= active_min <= active_max")
+        if not 1 <= self.eager_at_start <= self.active_max:
+            raise ValueError("need 1 <= eager_at_start <= active_max (at least one eager link keeps the push path)")
         if min(self.graft_timeout_ms, self.graft_retry_ms, self.maintain_interval_ms, self.neighbor_timeout_ms) < 1:
             raise ValueError("timeouts must be positive")
         if self.lazy_interval_ms < 0 or self.seen_max < 1 or self.cache_max < 1:
@@ -108,11 +117,12 @@ class BroadcastReceived:
 
 
 class _Missing:
-    __slots__ = ("announcers", "due")
+    __slots__ = ("announcers", "due", "grafts")
 
     def __init__(self, due: int) -> None:
         self.announcers: deque[str] = deque()
         self.due = due
+        self.grafts = 0
 
 
 _COUNTERS = (
@@ -345,6 +355,9 @@ class Broadcast:
                 self._send(node, BroadcastGraft((msg_id,)))
                 self.counters["grafts_sent"] += 1
                 sent = True
+                missing.grafts += 1
+                if missing.grafts < MAX_GRAFTS:
+                    missing.announcers.append(node)  # asked again if its resend is lost too
         if sent or missing.announcers:
             missing.due = now_ms + self.config.graft_retry_ms
             self._push_timer(missing.due, _T_MISSING, msg_id)
@@ -392,7 +405,7 @@ class Broadcast:
                 return
             self._evict_one()
         self._asked.pop(sender, None)
-        self._eager[sender] = None
+        self._link(sender)
         self.counters["neighbor_accepted"] += 1
         self._send(sender, BroadcastNeighborReply(True))
 
@@ -408,7 +421,14 @@ class Broadcast:
             self._send(sender, BroadcastDisconnect())
             self.counters["disconnects_sent"] += 1
             return
-        self._eager[sender] = None
+        self._link(sender)
+
+    def _link(self, node: str) -> None:
+        """A new neighbour: eager while this node has few eager links, else lazy (a GRAFT makes it eager)."""
+        if len(self._eager) < self.config.eager_at_start:
+            self._eager[node] = None
+        else:
+            self._lazy[node] = None
 
     def _refill(self, now_ms: int) -> None:
         need = self.config.active_min - self._active_count() - len(self._asked)
