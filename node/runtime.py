@@ -280,6 +280,7 @@ class Node(AgentAPI):
         if self._core is None or self._stopped.is_set():
             return
         if self.raft is not None and self.raft.refuses(sender_id):
+            self._require_transport().deny(sender_id)  # from now on refused at the handshake
             return  # a revoked node (Raft roster): no service or core ever sees its frames
         if self._channels and type(frame) is list and len(frame) > 2:
             handler = self._channels.get(frame[2])
@@ -320,6 +321,7 @@ class Node(AgentAPI):
         raft = self.raft
         for out in core.messages_to_send():
             if raft is not None and out.peer_id is not None and raft.refuses(out.peer_id):
+                transport.deny(out.peer_id)
                 continue
             try:
                 transport.send(Address.parse(out.address), out.frame, out.peer_id)

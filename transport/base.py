@@ -151,6 +151,14 @@ class Transport(Protocol):
         """
         ...
 
+    def deny(self, peer_id: str) -> None:
+        """Refuse `peer_id` from now on: close its connections, refuse its handshakes, drop frames to it.
+
+        For node ids revoked through the Raft roster. Each refused handshake is logged and counted in
+        `connections_refused`.
+        """
+        ...
+
     def stats(self) -> TransportStats:
         """A snapshot of the counters."""
         ...

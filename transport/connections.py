@@ -320,8 +320,21 @@ class ConnectionManager:
         self._backpressure = 0
         self._dial_failures = 0
         self._dropped = 0
+        self._denied: set[str] = set()
 
     # -- public -----------------------------------------------------------------------------
+
+    def deny(self, peer_id: str) -> None:
+        """Refuse `peer_id` for good: drop what is queued for it, abort its connections, refuse it at `attach`."""
+        if peer_id in self._denied:
+            return
+        self._denied.add(peer_id)
+        peer = self._peers.get(peer_id)
+        if peer is not None:
+            self._drop_queue(peer)
+        for conn in [c for c in self._open.values() if c.peer_id == peer_id]:
+            conn.abort()
+        logger.warning("node %s is denied: its connections are closed and its handshakes refused", peer_id)
 
     def set_handler(self, handler: FrameHandler) -> None:
         self._handler = handler
@@ -344,7 +357,7 @@ class ConnectionManager:
         if n > self._max_frame:
             raise FrameTooLarge(f"frame of {n} bytes exceeds the {self._max_frame}-byte limit; split it or raise max_frame_bytes on every node")
         peer = self._peers.get(peer_id) if peer_id is not None else None  # type: ignore[arg-type]
-        if peer is None or self._closing:
+        if peer is None or self._closing or peer_id in self._denied:
             self.send_encoded(address, n.to_bytes(4, "big") + body, peer_id)
             return
         queue = peer.queue
@@ -372,6 +385,9 @@ class ConnectionManager:
             raise RuntimeError("transport is closed; create a new one")
         if peer_id is None:
             peer_id = self._ids_by_address.get(address)
+        if peer_id is not None and peer_id in self._denied:
+            self._dropped += 1
+            return
         if peer_id is not None:
             peer = self._peers.get(peer_id)
             if peer is None:
@@ -408,6 +424,10 @@ class ConnectionManager:
         if (self._closing and not outbound) or peer_id == self.node_id:
             if peer_id == self.node_id:
                 logger.warning("refused a connection to ourselves (node %s)", peer_id)
+            stream.abort()
+            return None
+        if peer_id in self._denied:
+            self.count_refused("its node id is revoked", f"with {peer_id}")
             stream.abort()
             return None
         if len(self._open) >= self.config.connections_max and not self._evict_one():

@@ -98,6 +98,7 @@ class MemoryTransport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._in_flight: dict[str, int] = {}
         self._peers: dict[str, None] = {}
+        self._denied: set[str] = set()
         self._closed = False
         self._counts = dict.fromkeys(
             ("frames_sent", "frames_received", "bytes_sent", "bytes_received", "connections_refused",
@@ -130,6 +131,10 @@ class MemoryTransport:
             counts["dial_failures"] += 1
             counts["frames_dropped"] += 1
             return
+        if target._node_id in self._denied or self._node_id in target._denied:
+            counts["connections_refused"] += 1
+            counts["frames_dropped"] += 1
+            return
         if peer_id is not None and target._node_id != peer_id:
             counts["connections_refused"] += 1
             counts["frames_dropped"] += 1
@@ -146,6 +151,10 @@ class MemoryTransport:
         counts["bytes_sent"] += len(data)
         lost = self._hub._lose()
         self._loop.call_soon(self._arrive, target, data, lost)
+
+    def deny(self, peer_id: str) -> None:
+        """Refuse `peer_id` for good, both ways (as a TLS node refuses its handshakes)."""
+        self._denied.add(peer_id)
 
     def stats(self) -> TransportStats:
         return TransportStats(connections_open=len(self._peers), **self._counts)
@@ -164,7 +173,7 @@ class MemoryTransport:
         target._deliver(self._node_id, data)
 
     def _deliver(self, sender_id: str, data: bytes) -> None:
-        if self._closed:
+        if self._closed or sender_id in self._denied:
             return
         frames = self._decoder.feed(data)
         self._counts["frames_received"] += len(frames)

@@ -286,6 +286,9 @@ class QuicTransport:
     def send(self, address: Address, frame: Any, peer_id: str | None = None) -> None:
         self._manager.send_encoded(address, encode_frame(frame, max_frame_bytes=self.config.max_frame_bytes), peer_id)
 
+    def deny(self, peer_id: str) -> None:
+        self._manager.deny(peer_id)
+
     def stats(self) -> TransportStats:
         stats = self._manager.stats()
         return dataclasses.replace(stats, protocol_errors=stats.protocol_errors + self._protocol_errors)

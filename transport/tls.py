@@ -183,6 +183,9 @@ class TlsTransport:
         """Queue `frame` for the peer; see `Transport.send`."""
         self._manager.send(address, frame, peer_id)
 
+    def deny(self, peer_id: str) -> None:
+        self._manager.deny(peer_id)
+
     def stats(self) -> TransportStats:
         return self._manager.stats()
 
