@@ -8,9 +8,14 @@ How pysyncobj is contained (docs/decisions/0030-raft-over-node-transport.md):
   `CriticalState`. Its full dump is our own msgpack file (custom serializer/deserializer), so a
   snapshot sent by the leader is validated, never unpickled; ``useFork=False``.
 - ``autoTick=False``: the group drives ``doTick(0)`` from an asyncio timer on the event loop, and
-  immediately after each received frame or proposal. Everything pysyncobj does therefore runs on
-  the loop thread: no locks, no tick thread, no sleeping. Result callbacks are still bridged with
-  ``loop.call_soon_threadsafe``, which also keeps futures from resolving inside pysyncobj's stack.
+  in the loop turn after a received frame or a proposal (``call_soon``). Everything pysyncobj does
+  therefore runs on the loop thread: no locks, no tick thread, no sleeping; result callbacks set
+  the future directly (which only schedules its waiter).
+- What pysyncobj sends during a tick is queued per voter and coalesced when the tick ends
+  (`raft_codec.coalesce_messages`): consecutive append_entries merge, replaced heartbeats and
+  acknowledgements are dropped, and an empty append_entries is held briefly
+  (`RaftConfig.heartbeat_hold_ms`) so the next write's entries carry the commit index instead
+  (docs/decisions/0035-raft-frame-coalescing.md).
 - ``appendEntriesUseBatch=False`` for sub-millisecond commits; ``dynamicMembershipChange=True``
   with membership entries written as plain ``['add'|'rem', id]`` (no pickled Node objects).
 
@@ -46,7 +51,15 @@ from .base import (
     ReadResult,
 )
 from .commands import Command, CommandDecodeError, decode_entry, encode_entry
-from .raft_codec import RaftFrameError, command_from_wire, command_to_wire, decode_message, encode_message
+from .raft_codec import (
+    CommandWireCache,
+    RaftFrameError,
+    coalesce_messages,
+    command_from_wire,
+    command_to_wire,
+    decode_message,
+    encode_message,
+)
 from .state_machine import CriticalState, SnapshotError
 
 __all__ = ["PySyncObjGroup", "RaftConfig", "RaftStats"]
@@ -61,6 +74,12 @@ _MEMBERSHIP = 2
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _RETRY_SLEEP_S = 0.02
 """Pause between re-submissions that pysyncobj refused without appending (no leader yet)."""
+OUTBOX_MESSAGES_MAX = 10_000
+"""pysyncobj messages queued for one voter between two flushes (one tick); more are dropped."""
+
+
+def _is_empty_append(message: dict[str, Any]) -> bool:
+    return message.get("type") == "append_entries" and "prevLogIdx" in message and not message.get("entries")
 
 
 def _wall_clock_ms() -> int:
@@ -80,7 +99,13 @@ class RaftConfig:
     leader_fallback_ms: int = 600
     """A leader that heard from no majority for this long steps down (pysyncobj default: 30 s)."""
     tick_interval_ms: int = 10
-    """Idle tick period; frames and proposals tick immediately."""
+    """Idle tick period; frames and proposals tick in the next loop turn."""
+    heartbeat_hold_ms: int = 5
+    """An append_entries without entries (heartbeat, or the commit notice pysyncobj sends right
+    after every commit) waits this long for a later append_entries to the same voter that
+    replaces it; with one write after another, the next write's entries carry the commit index
+    and the notice and its reply (2 of 8 frames per commit) are never sent. Must stay well below
+    the heartbeat period and the election timeout (Raft §5.2): 5 ms against 50 ms and 300 ms."""
     no_quorum_timeout_ms: int = 1_200
     """How long `propose` waits for a leader with a reachable majority before `NoQuorum`
     (2 x the max election timeout: one failed election round plus one that succeeds)."""
@@ -99,6 +124,8 @@ class RaftConfig:
     """False: `propose` on a follower raises `NotLeader` instead of forwarding."""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.heartbeat_hold_ms < self.heartbeat_ms:
+            raise ValueError("heartbeat_hold_ms must be >= 0 and below heartbeat_ms")
         for name in ("heartbeat_ms", "tick_interval_ms", "no_quorum_timeout_ms", "commit_timeout_ms",
                      "quorum_window_ms", "commands_queue_max", "snapshot_bytes_max", "log_compaction_min_time_ms"):
             if getattr(self, name) <= 0:
@@ -118,6 +145,8 @@ class RaftStats:
     """Counters the node exports as metrics."""
 
     frames_sent: int = 0
+    messages_coalesced: int = 0
+    """pysyncobj messages merged into another one or replaced by a later one before sending."""
     frames_received: int = 0
     frames_rejected: int = 0
     """Frames from a voter that failed the codec (garbage, or a type outside the allow-list)."""
@@ -146,6 +175,11 @@ class _LinkTransport(Transport):  # type: ignore[misc]
         for node in sorted(other_nodes, key=lambda n: n.id):
             self._nodes[node.id] = node
         self._snapshot_bytes = 0
+        self._cache = CommandWireCache()
+        self._outbox: dict[str, list[dict[str, Any]]] = {}
+        """Messages pysyncobj sent since the last `flush`, per voter, in order."""
+        self._held: dict[str, tuple[dict[str, Any], float]] = {}
+        """Per voter: an append_entries without entries held back, and when it must go at the latest."""
 
     def connect_known(self) -> None:
         """Announce every voter as connected; call once pysyncobj has installed its callbacks."""
@@ -160,20 +194,61 @@ class _LinkTransport(Transport):  # type: ignore[misc]
         self._onNodeConnected(node)
 
     def dropNode(self, node: Node) -> None:  # noqa: N802
+        self._held.pop(node.id, None)
         if self._nodes.pop(node.id, None) is not None:
             self._onNodeDisconnected(node)
 
     def send(self, node: Node, message: Any) -> bool:
+        """Queue for the next `flush` (the group flushes after every tick); best effort like a socket."""
+        queue = self._outbox.get(node.id)
+        if queue is None:
+            queue = self._outbox[node.id] = []
+        if len(queue) >= OUTBOX_MESSAGES_MAX:
+            self._group.stats.encode_failures += 1
+            return False
+        queue.append(message)
+        return True
+
+    def flush(self, now_s: float, hold_s: float) -> float | None:
+        """Coalesce and send what pysyncobj queued; return when a held heartbeat is due (or None).
+
+        A trailing append_entries without entries is held up to `hold_s` in case a later one
+        replaces it (see `RaftConfig.heartbeat_hold_ms`); a held one that is due goes now.
+        """
+        outbox, self._outbox = self._outbox, {}
+        for voter_id, queue in outbox.items():
+            held = self._held.pop(voter_id, None)
+            due = now_s + hold_s
+            if held is not None:
+                queue.insert(0, held[0])
+                due = held[1]
+            merged = coalesce_messages(queue)
+            self._group.stats.messages_coalesced += len(queue) - len(merged)
+            last = merged[-1]
+            if hold_s > 0 and due > now_s and _is_empty_append(last):
+                self._held[voter_id] = (last, due)
+                merged.pop()
+            for message in merged:
+                self._send_now(voter_id, message)
+        next_due: float | None = None
+        for voter_id, (message, due) in list(self._held.items()):
+            if due <= now_s:
+                del self._held[voter_id]
+                self._send_now(voter_id, message)
+            elif next_due is None or due < next_due:
+                next_due = due
+        return next_due
+
+    def _send_now(self, voter_id: str, message: dict[str, Any]) -> None:
         stats = self._group.stats
         try:
-            data = encode_message(message)
+            data = encode_message(message, self._cache)
         except RaftFrameError as exc:
             stats.encode_failures += 1
-            log.warning("raft: not sending %s to %s: %s", message.get("type"), node.id, exc)
-            return False
+            log.warning("raft: not sending %s to %s: %s", message.get("type"), voter_id, exc)
+            return
         stats.frames_sent += 1
-        self._group.link.send(node.id, data)
-        return True
+        self._group.link.send(voter_id, data)
 
     def receive(self, voter_id: str, data: bytes) -> bool:
         """Feed one frame; False if it was dropped."""
@@ -205,6 +280,8 @@ class _LinkTransport(Transport):  # type: ignore[misc]
         return True
 
     def destroy(self) -> None:
+        self._outbox.clear()
+        self._held.clear()
         self.setOnMessageReceivedCallback(None)
         self.setOnNodeConnectedCallback(None)
         self.setOnNodeDisconnectedCallback(None)
@@ -262,6 +339,8 @@ class PySyncObjGroup:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self._tick_due = 0.0
+        self._soon_handle: asyncio.Handle | None = None
+        """A tick scheduled for the next loop turn (after a frame or a proposal)."""
         self._last_heard: dict[str, float] = {}
         self._quorum_lost_at: float | None = None
         """Loop time since when `_quorum_ok()` has been false at every tick (None: it is true)."""
@@ -323,6 +402,9 @@ class PySyncObjGroup:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
+        if self._soon_handle is not None:
+            self._soon_handle.cancel()
+            self._soon_handle = None
         syncobj, self._syncobj = self._syncobj, None
         syncobj.destroy()
         _close_pipe_notifier(syncobj)
@@ -342,6 +424,7 @@ class PySyncObjGroup:
         except Exception:
             self.stats.tick_errors += 1
             log.exception("raft: tick failed")
+        self._flush()
         if self._quorum_ok():
             self._quorum_lost_at = None
         elif self._quorum_lost_at is None and self._loop is not None:
@@ -364,9 +447,9 @@ class PySyncObjGroup:
             fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
             self._pending.add(fut)
             syncobj.apply_entry(payload, callback=self._bridge(fut))
-            self._arm(0.0)
+            self._tick_soon()
             try:
-                result, error = await asyncio.wait_for(asyncio.shield(fut), self.config.commit_timeout_ms / 1000)
+                result, error = await self._settled(fut)
             except asyncio.TimeoutError:
                 self.stats.timeouts += 1
                 raise ConsensusTimeout(waited_ms=int((loop.time() - start) * 1000)) from None
@@ -463,7 +546,44 @@ class PySyncObjGroup:
         if transport.receive(voter_id, data):
             assert self._loop is not None
             self._last_heard[voter_id] = self._loop.time()
-            self._arm(0.0)
+            self._tick_soon()
+
+    def _tick_soon(self) -> None:
+        """Tick in the next loop turn: every frame that arrived in this turn is handled by then,
+        so their replies and the entries they unblock leave together."""
+        if self._soon_handle is None and self._loop is not None:
+            self._soon_handle = self._loop.call_soon(self._on_soon)
+
+    def _on_soon(self) -> None:
+        self._soon_handle = None
+        self.do_tick()
+
+    def _flush(self) -> None:
+        transport, loop = self._transport, self._loop
+        if transport is None or loop is None:
+            return
+        now = loop.time()
+        due = transport.flush(now, self.config.heartbeat_hold_ms / 1000)
+        if due is not None:
+            self._arm(max(0.0, due - now))
+
+    async def _settled(self, fut: asyncio.Future[tuple[Any, int]]) -> tuple[Any, int]:
+        """Wait for pysyncobj's callback, at most `commit_timeout_ms` (then `asyncio.TimeoutError`).
+
+        One timer and a plain await: `wait_for(shield(...))` cost three extra loop hops per commit.
+        Cancelling the caller cancels `fut`; pysyncobj's late callback then finds it done.
+        """
+        loop = asyncio.get_running_loop()
+
+        def expire() -> None:
+            if not fut.done():
+                fut.set_exception(asyncio.TimeoutError())
+
+        timer = loop.call_later(self.config.commit_timeout_ms / 1000, expire)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
 
     def _arm(self, delay_s: float) -> None:
         """(Re)arm the single tick timer to fire within `delay_s`."""
@@ -484,16 +604,12 @@ class PySyncObjGroup:
         self._arm(self.config.tick_interval_ms / 1000)
 
     def _bridge(self, fut: asyncio.Future[tuple[Any, int]]) -> Any:
-        loop = self._loop
-        assert loop is not None
-
-        def settle(result: Any, error: int) -> None:
+        def callback(result: Any, error: int) -> None:
+            # Runs inside pysyncobj's tick, always on the loop thread (autoTick=False). Setting the
+            # result only schedules the waiter, so nothing runs inside pysyncobj's stack, and it
+            # avoids call_soon_threadsafe's wake-up write per commit.
             if not fut.done():
                 fut.set_result((result, error))
-
-        def callback(result: Any, error: int) -> None:
-            # Runs inside pysyncobj's tick (on the loop thread here, but safe from any thread).
-            loop.call_soon_threadsafe(settle, result, error)
 
         return callback
 
@@ -539,9 +655,9 @@ class PySyncObjGroup:
         self._pending.add(fut)
         # Plain ['add'|'rem', id] instead of addNodeToCluster's pickled Node object (see raft_codec).
         syncobj._applyCommand(command_from_wire(["M", op, voter_id])[1:], self._bridge(fut), _MEMBERSHIP)
-        self._arm(0.0)
+        self._tick_soon()
         try:
-            _, error = await asyncio.wait_for(asyncio.shield(fut), self.config.commit_timeout_ms / 1000)
+            _, error = await self._settled(fut)
         except asyncio.TimeoutError:
             raise ConsensusTimeout(waited_ms=int((loop.time() - start) * 1000)) from None
         finally:

@@ -36,6 +36,7 @@ __all__ = [
     "RAFT_FRAME_VERSION",
     "RaftFrameError",
     "command_from_wire",
+    "coalesce_messages",
     "command_to_wire",
     "decode_message",
     "encode_message",
@@ -51,6 +52,11 @@ VOTER_ID_CHARS_MAX = 256
 INDEX_MAX = 2**63 - 1
 FAIL_REASON_MAX = 7
 """pysyncobj.config.FAIL_REASON: SUCCESS=0 .. UNKNOWN_OUTCOME=7."""
+COALESCED_COMMAND_BYTES_MAX = 256 << 10
+"""Merged append_entries stop growing at this many command bytes, so a frame stays far below
+RAFT_FRAME_BYTES_MAX (pysyncobj's own batches stop at 64 KiB, appendEntriesBatchSizeBytes)."""
+WIRE_CACHE_MAX = 256
+"""Log commands whose wire form is remembered: the leader sends each entry to every follower."""
 
 # pysyncobj.syncobj._COMMAND_TYPE (0.3.17)
 _REGULAR, _NO_OP, _MEMBERSHIP, _VERSION = 0, 1, 2, 3
@@ -62,6 +68,29 @@ _APPLY_FUNC_ID = 0
 
 class RaftFrameError(ValueError):
     """A Raft frame or entry that is not valid: from a peer, drop and count it."""
+
+
+class CommandWireCache:
+    """`command_to_wire` results for one node's own recent log commands, `WIRE_CACHE_MAX` at most.
+
+    The leader encodes each entry once per follower, and parsing the pickle is the dearest step of
+    encoding a frame; one cache per group (no process-global state), oldest entry out first.
+    """
+
+    def __init__(self, size_max: int = WIRE_CACHE_MAX) -> None:
+        self._size_max = size_max
+        self._wire: dict[bytes, list[Any]] = {}
+
+    def to_wire(self, command: bytes) -> list[Any]:
+        """Same as `command_to_wire`; do not mutate the returned list."""
+        key = bytes(command) if isinstance(command, bytearray) else command
+        wire = self._wire.get(key) if isinstance(key, bytes) else None
+        if wire is None:
+            wire = command_to_wire(key)
+            if len(self._wire) >= self._size_max:
+                del self._wire[next(iter(self._wire))]
+            self._wire[key] = wire
+        return wire
 
 
 # field name -> checker; "?" prefix marks optional fields
@@ -83,8 +112,11 @@ _SCHEMAS: dict[str, dict[str, str]] = {
 }
 
 
-def encode_message(message: dict[str, Any]) -> bytes:
-    """pysyncobj message dict -> frame bytes; raise `RaftFrameError` for anything off the allow-list."""
+def encode_message(message: dict[str, Any], cache: CommandWireCache | None = None) -> bytes:
+    """pysyncobj message dict -> frame bytes; raise `RaftFrameError` for anything off the allow-list.
+
+    `cache` (optional) remembers the wire form of log commands across calls.
+    """
     if not isinstance(message, dict):
         raise RaftFrameError(f"raft message must be a dict, got {type(message).__name__}")
     kind = message.get("type")
@@ -98,7 +130,12 @@ def encode_message(message: dict[str, Any]) -> bytes:
         checker = schema.get(key) or schema.get("?" + key)
         if checker is None:
             raise RaftFrameError(f"{kind}: field {key!r} is not allowed (chunked 'transmission' entries are refused)")
-        body[key] = _ENCODERS[checker](value, f"{kind}.{key}")
+        if cache is not None and checker == "entries":
+            body[key] = _entries_out(value, f"{kind}.{key}", cache.to_wire)
+        elif cache is not None and checker == "command":
+            body[key] = cache.to_wire(value)
+        else:
+            body[key] = _ENCODERS[checker](value, f"{kind}.{key}")
     _check_required(kind, schema, body)
     data = msgpack.packb([RAFT_FRAME_VERSION, kind, body], use_bin_type=True)
     if len(data) > RAFT_FRAME_BYTES_MAX:
@@ -146,7 +183,62 @@ def command_to_wire(command: bytes) -> list[Any]:
     """A pysyncobj log command made on THIS node -> plain values. Never used on network bytes."""
     if not isinstance(command, (bytes, bytearray)) or not command:
         raise RaftFrameError("log command must be non-empty bytes")
-    kind, rest = command[0], bytes(command[1:])
+    return _command_to_wire(bytes(command))
+
+
+def coalesce_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge the messages queued for ONE peer (in send order) into fewer with the same effect.
+
+    - an append_entries without entries is dropped when the next one (same term) follows it:
+      the later one carries the same or a newer commit index, and a stale empty one arriving
+      after entries would make pysyncobj's follower truncate them;
+    - consecutive append_entries whose entries continue each other become one (what pysyncobj
+      does with appendEntriesUseBatch=True), up to `COALESCED_COMMAND_BYTES_MAX`;
+    - a successful next_node_idx is dropped when a later successful one (no reset) follows it.
+
+    Snapshot chunks and everything else pass unchanged and keep their order.
+    """
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if out:
+            merged = _merge(out[-1], message)
+            if merged is not None:
+                out[-1] = merged
+                continue
+        out.append(message)
+    return out
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    kind = a.get("type")
+    if kind != b.get("type"):
+        return None
+    if kind == "next_node_idx":
+        if a["success"] and b["success"] and not a["reset"] and not b["reset"] \
+                and b["next_node_idx"] >= a["next_node_idx"]:
+            return b
+        return None
+    if kind != "append_entries" or a.get("term") != b.get("term"):
+        return None
+    if "prevLogIdx" not in a or "prevLogIdx" not in b or "serialized" in a or "serialized" in b \
+            or "transmission" in a or "transmission" in b:
+        return None
+    a_entries, b_entries = a.get("entries") or [], b.get("entries") or []
+    if not a_entries:
+        return b
+    last = a_entries[-1]
+    if b["prevLogIdx"] != last[1] or b["prevLogTerm"] != last[2]:
+        return None
+    if not b_entries:
+        return {**a, "commit_index": max(a["commit_index"], b["commit_index"])}
+    if len(a_entries) + len(b_entries) > ENTRIES_PER_FRAME_MAX or \
+            sum(len(e[0]) for e in a_entries) + sum(len(e[0]) for e in b_entries) > COALESCED_COMMAND_BYTES_MAX:
+        return None
+    return {**b, "entries": [*a_entries, *b_entries], "prevLogIdx": a["prevLogIdx"], "prevLogTerm": a["prevLogTerm"]}
+
+
+def _command_to_wire(command: bytes) -> list[Any]:
+    kind, rest = command[0], command[1:]
     if kind == _NO_OP:
         return ["N"]
     value = _local_unpickle(rest)
@@ -223,14 +315,14 @@ def _fail_reason(value: Any, where: str) -> int:
     return value
 
 
-def _entries_out(value: Any, where: str) -> list[Any]:
+def _entries_out(value: Any, where: str, to_wire: Any = command_to_wire) -> list[Any]:
     if not isinstance(value, (list, tuple)) or len(value) > ENTRIES_PER_FRAME_MAX:
         raise RaftFrameError(f"{where}: expected a list of at most {ENTRIES_PER_FRAME_MAX} entries")
     out = []
     for entry in value:
         if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
             raise RaftFrameError(f"{where}: entry must be (command, index, term)")
-        out.append([command_to_wire(entry[0]), _index(entry[1], where), _index(entry[2], where)])
+        out.append([to_wire(entry[0]), _index(entry[1], where), _index(entry[2], where)])
     return out
 
 

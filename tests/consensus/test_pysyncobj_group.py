@@ -264,3 +264,37 @@ async def test_lost_commit_is_reported_as_unknown_outcome(tmp_path: Path) -> Non
         await cl.converged()
     finally:
         await cl.close()
+
+
+async def test_sequential_writes_cost_four_frames_and_followers_still_learn_the_commit(cluster: Cluster) -> None:
+    await cluster.start_all()
+    leader = await cluster.leader()
+    await leader.propose(c.Barrier())
+    await cluster.converged()
+    before = cluster.net.frames_delivered
+    writes = 50
+    for i in range(writes):
+        assert (await leader.propose(c.KvPut(f"s{i}", b"v"))).ok
+    # Entries out to two followers and their two acknowledgements; pysyncobj's own commit notices
+    # (and their acknowledgements) are replaced by the next write's entries instead of sent.
+    frames = cluster.net.frames_delivered - before
+    print(f"{frames / writes:.2f} frames per sequential commit")
+    assert frames <= 4 * writes + 8  # + a few heartbeats that may fall due meanwhile
+    assert leader.stats.messages_coalesced >= writes // 2
+    await cluster.converged()  # the held notice of the last commit reaches the followers by itself
+    for group in cluster.groups.values():
+        assert group.state.query(c.KvGet(f"s{writes - 1}")) == b"v"
+
+
+async def test_pipelined_writes_are_batched_into_few_frames(cluster: Cluster) -> None:
+    await cluster.start_all()
+    leader = await cluster.leader()
+    await cluster.converged()
+    before = cluster.net.frames_delivered
+    writes = 200
+    results = await asyncio.gather(*(leader.propose(c.KvPut(f"p{i}", b"v")) for i in range(writes)))
+    assert all(r.ok for r in results)
+    frames = cluster.net.frames_delivered - before
+    print(f"{frames / writes:.2f} frames per pipelined commit")
+    assert frames < 2 * writes
+    await cluster.converged()

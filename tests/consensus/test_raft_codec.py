@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from agentnode.consensus import commands as c
 from agentnode.consensus.raft_codec import (
+    CommandWireCache,
     RaftFrameError,
+    coalesce_messages,
     command_from_wire,
     command_to_wire,
     decode_message,
@@ -124,3 +126,101 @@ def test_garbage_bytes_raise_only_raft_frame_error(data) -> None:
         decode_message(data)
     except RaftFrameError:
         pass
+
+
+# -- coalescing ----------------------------------------------------------------------------------
+
+
+def _ae(term, prev, entries, commit, prev_term=None):
+    """An append_entries as pysyncobj's leader builds it; entries are (command, index, term)."""
+    return {"type": "append_entries", "term": term, "commit_index": commit, "prevLogIdx": prev,
+            "prevLogTerm": term if prev_term is None else prev_term, "entries": entries}
+
+
+def _entries(first, count, term):
+    return [(NO_OP, i, term) for i in range(first, first + count)]
+
+
+def _ack(idx, success=True, reset=False):
+    return {"type": "next_node_idx", "next_node_idx": idx, "reset": reset, "success": success}
+
+
+def test_coalesce_merges_continuing_appends_and_drops_replaced_heartbeats() -> None:
+    a, b = _ae(2, 4, _entries(5, 2, 2), 4), _ae(2, 6, _entries(7, 1, 2), 5)
+    assert coalesce_messages([a, b]) == [_ae(2, 4, _entries(5, 3, 2), 5)]
+    heartbeat = _ae(2, 4, [], 4)
+    assert coalesce_messages([heartbeat, a]) == [a]  # a stale empty one must never trail entries
+    assert coalesce_messages([a, _ae(2, 6, [], 6)]) == [{**a, "commit_index": 6}]
+    assert coalesce_messages([_ack(5), _ack(7), _ack(8)]) == [_ack(8)]
+
+
+def test_coalesce_keeps_what_it_cannot_prove_equivalent() -> None:
+    a = _ae(2, 4, _entries(5, 2, 2), 4)
+    for later in (_ae(3, 6, _entries(7, 1, 3), 5),   # another term
+                  _ae(2, 9, _entries(10, 1, 2), 5),  # a gap (nextIndex was reset in between)
+                  {"type": "append_entries", "term": 2, "commit_index": 4, "serialized": (b"x", True, True)},
+                  _ack(3)):
+        assert coalesce_messages([a, later]) == [a, later]
+    for acks in ([_ack(5), _ack(3, success=False, reset=True)], [_ack(5, reset=True), _ack(6)], [_ack(7), _ack(5)]):
+        assert coalesce_messages(acks) == acks
+    chunk = {"type": "append_entries", "term": 2, "commit_index": 4, "serialized": (b"x", True, False)}
+    assert coalesce_messages([chunk, chunk]) == [chunk, chunk]
+
+
+def _follow(log, commit, message):
+    """pysyncobj 0.3.17's follower handling of one append_entries (syncobj.py, regular entries)."""
+    prev = message["prevLogIdx"]
+    if prev not in log:
+        return log, commit, ("reset", max(log) + 1)
+    if log[prev] != message["prevLogTerm"]:
+        return log, commit, ("reset", prev)
+    log = {i: t for i, t in log.items() if i <= prev}  # its truncation: everything after prev goes
+    for _, index, term in message["entries"]:
+        log[index] = term
+    commit = max(commit, min(message["commit_index"], max(log)))
+    return log, commit, ("ok", (message["entries"][-1][1] if message["entries"] else prev) + 1)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=1, max_size=30),
+       st.integers(0, 3), st.booleans())
+def test_coalesced_appends_leave_the_follower_where_the_originals_do(steps, behind, diverged) -> None:
+    # The leader's log: 1..10 at term 1, then its own writes at term 2. Between two acknowledgements
+    # it sends, in order, what pysyncobj does: the entries from its optimistic nextIndex on (or a
+    # heartbeat), sometimes with a higher commit index. The follower may lag or hold a stale entry.
+    terms = {i: 1 for i in range(0, 11)}
+    commit, next_index = 5, 11 - behind
+    messages = []
+    for count, advance_commit in steps:
+        for _ in range(count):
+            terms[max(terms) + 1] = 2
+        if advance_commit:
+            commit = min(max(terms), commit + 1)
+        prev = next_index - 1
+        entries = [(NO_OP, i, terms[i]) for i in range(next_index, max(terms) + 1)]
+        messages.append(_ae(2, prev, entries, commit, prev_term=terms[prev]))
+        next_index = max(terms) + 1
+    follower = {i: 1 for i in range(0, 11 - behind)}
+    if diverged:
+        follower[max(follower)] = 0  # an entry from an old term the leader does not have
+    plain = (follower, 0, None)
+    for message in messages:
+        plain = _follow(plain[0], plain[1], message)
+    merged = coalesce_messages(messages)
+    assert len(merged) <= len(messages)
+    fast = (follower, 0, None)
+    for message in merged:
+        fast = _follow(fast[0], fast[1], message)
+    assert fast[:2] == plain[:2]  # same log, same commit index
+    assert fast[2][0] == plain[2][0] and (fast[2] == plain[2] or fast[2][0] == "reset")
+
+
+def test_wire_cache_is_bounded_and_gives_the_same_frames() -> None:
+    cache = CommandWireCache(size_max=2)
+    commands = [b"\x00" + pickle.dumps((0, (c.encode_entry(c.KvPut(f"k{i}", b"v"), 1),)), 2) for i in range(5)]
+    message = {"type": "append_entries", "term": 1, "commit_index": 0, "prevLogIdx": 0, "prevLogTerm": 0,
+               "entries": [(cmd, i + 1, 1) for i, cmd in enumerate(commands)]}
+    assert encode_message(message, cache) == encode_message(message) == encode_message(message, cache)
+    assert len(cache._wire) == 2
+    with pytest.raises(RaftFrameError):
+        cache.to_wire(b"\x00" + pickle.dumps(os.system, 2))
