@@ -161,8 +161,8 @@ class Consistency:
                 return cls(text, {LOCAL: 1, ONE: 2}.get(text, 1))
             if text == LINEARIZABLE:
                 raise ConsistencyUnavailable(
-                    "linearizable reads and writes are served by the Raft group, which this node does not run yet; "
-                    "use majority or all (CRDT consistency) instead"
+                    "linearizable is served by node.state through the Raft group, not by CRDT replication; "
+                    "pass consistency='linearizable' to node.state, or use majority or all here"
                 )
             digits = text.removeprefix("n=")
             if digits.isdigit():

@@ -9,7 +9,9 @@
 Every call applies to the local replica first (so both sides of a partition keep writing) and then
 replicates through `replication.Replicator`; `consistency` says how many replicas must hold the
 write, or be merged into the read, before the call returns (`local`, `one`, an int n, `majority`,
-`all`; `linearizable` raises `ConsistencyUnavailable` until the Raft group serves it).
+`all`). `linearizable` is served by the Raft group instead: such keys live in its key-value map
+(prefix `state/`), apart from the CRDT replicas, and counters and sets update by compare-and-set;
+on the minority side of a partition these calls fail fast with `NoQuorum`.
 
 Persistence: the local replica lives in `state.sqlite3` in the data directory (WAL mode,
 synchronous=NORMAL: a committed change survives kill -9; the last ones may be lost on power
@@ -312,6 +314,8 @@ class NodeState:
 
     async def get(self, key: str, *, consistency: str | int | Consistency = "local", timeout_s: float | None = None) -> Any:
         """The value of `key` (None if absent or deleted), after merging `consistency` replicas."""
+        if _linearizable(consistency):
+            return _unpack((await self._raft().kv_get(LINEARIZABLE_PREFIX + key)).value)
         core = self._require()
         request_id = core.read(key, self._node.now_ms(), consistency, _ms(timeout_s))
         if request_id is not None:
@@ -324,6 +328,9 @@ class NodeState:
                      timeout_s: float | None = None) -> None:
         """Apply `op(*args)` to the CRDT `type_name` at `key` (created if absent), e.g.
         `update("hits", "gcounter", "increment", 1)`; return once `consistency` replicas hold it."""
+        if _linearizable(consistency):
+            await self._linearizable_update(key, type_name, op, args)
+            return
         core = self._require_writable()
         try:
             request_id = core.update(key, type_name, op, args, self._node.now_ms(), consistency, _ms(timeout_s))
@@ -333,6 +340,9 @@ class NodeState:
 
     async def delete(self, key: str, *, consistency: str | int | Consistency = "local", timeout_s: float | None = None) -> None:
         """Delete `key` everywhere (the delete wins over concurrent writes; reuse the key only after GC)."""
+        if _linearizable(consistency):
+            await self._raft().kv_delete(LINEARIZABLE_PREFIX + key)
+            return
         core = self._require_writable()
         try:
             request_id = core.delete(key, self._node.now_ms(), consistency, _ms(timeout_s))
@@ -342,6 +352,9 @@ class NodeState:
 
     async def set(self, key: str, value: Any, **kwargs: Any) -> None:
         """Last-writer-wins register: `value` replaces the current one (hybrid-clock timestamp)."""
+        if _linearizable(kwargs.get("consistency")):
+            await self._raft().kv_put(LINEARIZABLE_PREFIX + key, _pack(value))
+            return
         current = self._require().store.get(key)
         floor = current.timestamp if isinstance(current, LWWRegister) else -1
         stamp = max(time.time_ns() // 1_000_000, floor + 1)
@@ -360,6 +373,28 @@ class NodeState:
     async def remove(self, key: str, element: Any, **kwargs: Any) -> None:
         """Set: remove `element` (only the adds this replica has seen)."""
         await self.update(key, "orset", "remove", element, **kwargs)
+
+    # -- linearizable: the Raft group's key-value map ------------------------------------------
+
+    def _raft(self) -> Any:
+        raft = getattr(self._node, "raft", None)
+        if raft is None:
+            raise ConsistencyUnavailable("linearizable reads and writes need the Raft group, which this node does not run")
+        return raft
+
+    async def _linearizable_update(self, key: str, type_name: str, op: str, args: tuple[Any, ...]) -> None:
+        """Counters and sets as compare-and-set loops on one Raft key: each step is linearizable."""
+        raft, name = self._raft(), LINEARIZABLE_PREFIX + key
+        for _ in range(LINEARIZABLE_CAS_ATTEMPTS_MAX):
+            current = (await raft.kv_get(name)).value
+            value = _apply_plain(type_name, op, args, _unpack(current))
+            result = await raft.kv_cas(name, current, _pack(value))
+            if result.ok:
+                return
+        raise ConsistencyNotMet(
+            f"linearizable update of {key!r} lost {LINEARIZABLE_CAS_ATTEMPTS_MAX} compare-and-set races in a row; retry",
+            required=1, got=0,
+        )
 
     def keys(self) -> list[str]:
         """Live keys of the local replica, sorted."""
@@ -665,3 +700,38 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+LINEARIZABLE_PREFIX = "state/"
+"""Linearizable keys live in the Raft group's key-value map, apart from the CRDT replicas."""
+LINEARIZABLE_CAS_ATTEMPTS_MAX = 16
+"""Compare-and-set retries for a linearizable counter or set update under contention."""
+
+
+def _linearizable(consistency: object) -> bool:
+    return isinstance(consistency, str) and consistency.strip().lower() == "linearizable"
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpack(data: bytes | None) -> Any:
+    return None if data is None else msgpack.unpackb(data, raw=False)
+
+
+def _apply_plain(type_name: str, op: str, args: tuple[Any, ...], current: Any) -> Any:
+    """The sequential meaning of a CRDT operation, for values kept linearizably as plain data."""
+    if type_name in ("gcounter", "pncounter") and op in ("increment", "decrement"):
+        n = int(args[0]) if args else 1
+        return (current or 0) + (n if op == "increment" else -n)
+    if type_name == "orset" and op in ("add", "remove"):
+        members = list(current or [])
+        if op == "add" and args[0] not in members:
+            members.append(args[0])
+        elif op == "remove" and args[0] in members:
+            members.remove(args[0])
+        return sorted(members, key=repr)
+    if type_name in ("lwwregister", "mvregister") and op in ("assign", "write"):
+        return args[0]
+    raise ValueError(f"{type_name}.{op} has no linearizable form; use set, increment, add or remove")
