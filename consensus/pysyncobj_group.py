@@ -175,7 +175,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
         for node in sorted(other_nodes, key=lambda n: n.id):
             self._nodes[node.id] = node
         self._snapshot_bytes = 0
-        self._cache = CommandWireCache()
+        self.cache = group.cache
         self._outbox: dict[str, list[dict[str, Any]]] = {}
         """Messages pysyncobj sent since the last `flush`, per voter, in order."""
         self._held: dict[str, tuple[dict[str, Any], float]] = {}
@@ -242,7 +242,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
     def _send_now(self, voter_id: str, message: dict[str, Any]) -> None:
         stats = self._group.stats
         try:
-            data = encode_message(message, self._cache)
+            data = encode_message(message, self.cache)
         except RaftFrameError as exc:
             stats.encode_failures += 1
             log.warning("raft: not sending %s to %s: %s", message.get("type"), voter_id, exc)
@@ -258,7 +258,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
             stats.frames_from_non_voters += 1
             return False
         try:
-            message = decode_message(data)
+            message = decode_message(data, self.cache)
         except RaftFrameError as exc:
             stats.frames_rejected += 1
             log.debug("raft: dropped frame from %s: %s", voter_id, exc)
@@ -291,15 +291,16 @@ class _LinkTransport(Transport):  # type: ignore[misc]
 class _Replica(SyncObj):  # type: ignore[misc]
     """The SyncObj with one replicated method; its state lives in `CriticalState`, not in SyncObj fields."""
 
-    def __init__(self, state: CriticalState, stats: RaftStats, **kwargs: Any) -> None:
+    def __init__(self, state: CriticalState, stats: RaftStats, cache: CommandWireCache, **kwargs: Any) -> None:
         self._critical = state
         self._stats = stats
+        self._cache = cache
         super().__init__(**kwargs)
 
     @replicated
     def apply_entry(self, payload: bytes) -> Any:
         try:
-            command, now_ms = decode_entry(payload)
+            command, now_ms = self._cache.take_entry(payload)
         except CommandDecodeError:
             self._stats.bad_entries += 1
             log.error("raft: committed entry does not decode; skipped on every replica alike")
@@ -334,6 +335,8 @@ class PySyncObjGroup:
         self.state = CriticalState()
         """The local replica; read it only on the event loop."""
         self.stats = RaftStats()
+        self.cache = CommandWireCache()
+        """Codec work not to repeat (wire forms sent to several voters, payloads decoded on receipt)."""
         self._syncobj: _Replica | None = None
         self._transport: _LinkTransport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -341,6 +344,7 @@ class PySyncObjGroup:
         self._tick_due = 0.0
         self._soon_handle: asyncio.Handle | None = None
         """A tick scheduled for the next loop turn (after a frame or a proposal)."""
+        self._flush_handle: asyncio.Handle | None = None
         self._last_heard: dict[str, float] = {}
         self._quorum_lost_at: float | None = None
         """Loop time since when `_quorum_ok()` has been false at every tick (None: it is true)."""
@@ -385,7 +389,7 @@ class PySyncObjGroup:
 
         others = [Node(v) for v in self._initial_voters if v != self._node_id]
         self._syncobj = _Replica(
-            self.state, self.stats, selfNode=Node(self._node_id), otherNodes=others, conf=conf,
+            self.state, self.stats, self.cache, selfNode=Node(self._node_id), otherNodes=others, conf=conf,
             nodeClass=Node, transportClass=make_transport,
         )
         assert self._syncobj._methodToID == {"apply_entry_v0": 0}, "raft_codec assumes one replicated method"
@@ -402,9 +406,10 @@ class PySyncObjGroup:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
-        if self._soon_handle is not None:
-            self._soon_handle.cancel()
-            self._soon_handle = None
+        for handle in (self._soon_handle, self._flush_handle):
+            if handle is not None:
+                handle.cancel()
+        self._soon_handle = self._flush_handle = None
         syncobj, self._syncobj = self._syncobj, None
         syncobj.destroy()
         _close_pipe_notifier(syncobj)
@@ -434,8 +439,10 @@ class PySyncObjGroup:
 
     async def propose(self, command: Command) -> Any:
         """See `ConsensusGroup.propose`."""
-        payload = encode_entry(command, self._clock())  # ValueError for misuse, before any I/O
+        now_ms = self._clock()
+        payload = encode_entry(command, now_ms)  # ValueError for misuse, before any I/O
         syncobj = self._require_started()
+        self.cache.remember_entry(payload, (command, now_ms))
         loop = asyncio.get_running_loop()
         self.stats.proposals += 1
         start = loop.time()
@@ -546,7 +553,18 @@ class PySyncObjGroup:
         if transport.receive(voter_id, data):
             assert self._loop is not None
             self._last_heard[voter_id] = self._loop.time()
+            self._flush_soon()
             self._tick_soon()
+
+    def _flush_soon(self) -> None:
+        """Send what handling the frames of this loop turn produced (a follower's acknowledgement)
+        before the tick that follows: the reply does not wait for the tick's work."""
+        if self._flush_handle is None and self._loop is not None:
+            self._flush_handle = self._loop.call_soon(self._on_flush)
+
+    def _on_flush(self) -> None:
+        self._flush_handle = None
+        self._flush()
 
     def _tick_soon(self) -> None:
         """Tick in the next loop turn: every frame that arrived in this turn is handled by then,

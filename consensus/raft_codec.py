@@ -29,7 +29,7 @@ from typing import Any
 
 import msgpack
 
-from .commands import ENTRY_BYTES_MAX, CommandDecodeError, decode_entry
+from .commands import ENTRY_BYTES_MAX, Command, CommandDecodeError, decode_entry
 
 __all__ = [
     "RAFT_FRAME_BYTES_MAX",
@@ -57,6 +57,8 @@ COALESCED_COMMAND_BYTES_MAX = 256 << 10
 RAFT_FRAME_BYTES_MAX (pysyncobj's own batches stop at 64 KiB, appendEntriesBatchSizeBytes)."""
 WIRE_CACHE_MAX = 256
 """Log commands whose wire form is remembered: the leader sends each entry to every follower."""
+DECODED_ENTRIES_MAX = 4_096
+"""Decoded entry payloads kept until they are applied (more than a 64-deep pipeline needs)."""
 
 # pysyncobj.syncobj._COMMAND_TYPE (0.3.17)
 _REGULAR, _NO_OP, _MEMBERSHIP, _VERSION = 0, 1, 2, 3
@@ -71,15 +73,32 @@ class RaftFrameError(ValueError):
 
 
 class CommandWireCache:
-    """`command_to_wire` results for one node's own recent log commands, `WIRE_CACHE_MAX` at most.
+    """Work the codec need not repeat, for one group (no process-global state), bounded.
 
-    The leader encodes each entry once per follower, and parsing the pickle is the dearest step of
-    encoding a frame; one cache per group (no process-global state), oldest entry out first.
+    - `to_wire`: `command_to_wire` of this node's recent log commands; the leader encodes each
+      entry once per follower, and parsing the pickle is the dearest step of encoding a frame.
+    - `remember_entry` / `take_entry`: entry payloads already decoded (validated on receipt, or
+      made by this node), so applying the committed entry does not decode it a second time.
+
+    Both are pure functions of the bytes, so a hit and a miss give the same result; oldest out first.
     """
 
-    def __init__(self, size_max: int = WIRE_CACHE_MAX) -> None:
+    def __init__(self, size_max: int = WIRE_CACHE_MAX, entries_max: int = DECODED_ENTRIES_MAX) -> None:
         self._size_max = size_max
+        self._entries_max = entries_max
         self._wire: dict[bytes, list[Any]] = {}
+        self._entries: dict[bytes, tuple[Command, int]] = {}
+
+    def remember_entry(self, payload: bytes, decoded: tuple[Command, int]) -> None:
+        """`decoded` is `decode_entry(payload)` (or what `encode_entry` was given for it)."""
+        if len(self._entries) >= self._entries_max:
+            del self._entries[next(iter(self._entries))]
+        self._entries[payload] = decoded
+
+    def take_entry(self, payload: bytes) -> tuple[Command, int]:
+        """`decode_entry(payload)`, from memory when it was decoded before; raises `CommandDecodeError`."""
+        decoded = self._entries.pop(payload, None)
+        return decode_entry(payload) if decoded is None else decoded
 
     def to_wire(self, command: bytes) -> list[Any]:
         """Same as `command_to_wire`; do not mutate the returned list."""
@@ -143,8 +162,11 @@ def encode_message(message: dict[str, Any], cache: CommandWireCache | None = Non
     return data
 
 
-def decode_message(data: bytes) -> dict[str, Any]:
-    """Frame bytes -> a pysyncobj message dict; raise `RaftFrameError` on anything invalid."""
+def decode_message(data: bytes, cache: CommandWireCache | None = None) -> dict[str, Any]:
+    """Frame bytes -> a pysyncobj message dict; raise `RaftFrameError` on anything invalid.
+
+    `cache` (optional) keeps the validated entry payloads decoded for `CommandWireCache.take_entry`.
+    """
     if not isinstance(data, (bytes, bytearray)):
         raise RaftFrameError(f"raft frame must be bytes, got {type(data).__name__}")
     if len(data) > RAFT_FRAME_BYTES_MAX:
@@ -171,7 +193,12 @@ def decode_message(data: bytes) -> dict[str, Any]:
         checker = schema.get(key) or schema.get("?" + key)
         if checker is None:
             raise RaftFrameError(f"{kind}: field {key!r} is not allowed")
-        decoded = _DECODERS[checker](field_value, f"{kind}.{key}")
+        if cache is not None and checker == "entries":
+            decoded = _entries_in(field_value, f"{kind}.{key}", cache)
+        elif cache is not None and checker == "command":
+            decoded = command_from_wire(field_value, cache)
+        else:
+            decoded = _DECODERS[checker](field_value, f"{kind}.{key}")
         if checker == "snapshot_chunk" and decoded is None:
             continue  # pysyncobj would crash unpacking False; "no chunk" is the same as absent
         message[key] = decoded
@@ -259,7 +286,7 @@ def _command_to_wire(command: bytes) -> list[Any]:
     raise RaftFrameError(f"unknown log command type {kind}")
 
 
-def command_from_wire(value: Any) -> bytes:
+def command_from_wire(value: Any, cache: CommandWireCache | None = None) -> bytes:
     """Plain values -> the pysyncobj log command bytes, rebuilt locally; validates the payload."""
     if not isinstance(value, (list, tuple)) or not value or not isinstance(value[0], str):
         raise RaftFrameError("log command must be [tag, ...]")
@@ -269,9 +296,11 @@ def command_from_wire(value: Any) -> bytes:
     if tag == "R" and len(value) == 2 and isinstance(value[1], bytes):
         payload = value[1]
         try:
-            decode_entry(payload)  # validate at the edge: garbage never enters the log
+            decoded = decode_entry(payload)  # validate at the edge: garbage never enters the log
         except CommandDecodeError as exc:
             raise RaftFrameError(f"log entry payload: {exc}") from None
+        if cache is not None:
+            cache.remember_entry(payload, decoded)
         return bytes([_REGULAR]) + pickle.dumps((_APPLY_FUNC_ID, (payload,)), _PICKLE_PROTOCOL)
     if tag == "M" and len(value) == 3 and value[1] in ("add", "rem") and _is_voter_id(value[2]):
         return bytes([_MEMBERSHIP]) + pickle.dumps([value[1], value[2]], _PICKLE_PROTOCOL)
@@ -326,7 +355,7 @@ def _entries_out(value: Any, where: str, to_wire: Any = command_to_wire) -> list
     return out
 
 
-def _entries_in(value: Any, where: str) -> list[tuple[bytes, int, int]]:
+def _entries_in(value: Any, where: str, cache: CommandWireCache | None = None) -> list[tuple[bytes, int, int]]:
     if not isinstance(value, list) or len(value) > ENTRIES_PER_FRAME_MAX:
         raise RaftFrameError(f"{where}: expected a list of at most {ENTRIES_PER_FRAME_MAX} entries")
     out = []
@@ -338,7 +367,7 @@ def _entries_in(value: Any, where: str) -> list[tuple[bytes, int, int]]:
         if previous is not None and index != previous + 1:
             raise RaftFrameError(f"{where}: entry indexes must be consecutive")
         previous = index
-        out.append((command_from_wire(entry[0]), index, term))
+        out.append((command_from_wire(entry[0], cache), index, term))
     return out
 
 

@@ -224,3 +224,17 @@ def test_wire_cache_is_bounded_and_gives_the_same_frames() -> None:
     assert len(cache._wire) == 2
     with pytest.raises(RaftFrameError):
         cache.to_wire(b"\x00" + pickle.dumps(os.system, 2))
+
+
+def test_entries_validated_on_receipt_are_applied_without_a_second_decode() -> None:
+    cache = CommandWireCache(entries_max=2)
+    payloads = [c.encode_entry(c.KvPut(f"k{i}", b"v"), i) for i in range(3)]
+    frame = encode_message({"type": "append_entries", "term": 1, "commit_index": 0, "prevLogIdx": 0,
+                            "prevLogTerm": 0, "entries": [(b"\x00" + pickle.dumps((0, (p,)), 2), i + 1, 1)
+                                                          for i, p in enumerate(payloads)]})
+    assert decode_message(frame, cache) == decode_message(frame)
+    assert len(cache._entries) == 2  # bounded: the oldest went
+    for payload in payloads:  # hit or miss, the same value
+        assert cache.take_entry(payload) == c.decode_entry(payload)
+    with pytest.raises(c.CommandDecodeError):
+        cache.take_entry(b"\x93junk")
