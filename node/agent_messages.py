@@ -28,6 +28,7 @@ __all__ = [
     "AgentSkill",
     "AgentMessage",
     "Batch",
+    "batch_frame",
     "BroadcastDisconnect",
     "BroadcastGossip",
     "BroadcastGraft",
@@ -405,20 +406,28 @@ def _acks_wire(m: Acks) -> list[Any]:
             [[_mid(r.msg_id), r.dest_agent, r.priority, r.session, r.seq, r.reason, r.detail] for r in m.rejects]]
 
 
+def batch_frame(envelopes: list[list[Any]], acks: Acks | None, cluster: str) -> list[Any]:
+    """A `Batch` frame from envelopes already in wire form (the delivery core builds them once, when it
+    stages a message, instead of an `Envelope` object per transmission; decision 0117). Each is
+    [session, seq, floor, msg_id, kind, dest_agent, src_agent, priority, ttl_ms, flags, correlation, payload]
+    with ids as (origin, epoch, counter) sequences."""
+    frame = [PROTOCOL_VERSION, cluster, _T_BATCH, envelopes]
+    if acks is not None:
+        frame += _acks_wire(acks)
+    return frame
+
+
 def encode(message: AgentMessage, cluster: str) -> list[Any]:
     """The wire form of `message`: a list of msgpack-native values."""
     head = [PROTOCOL_VERSION, cluster]
     m: Any = message
     t = type(message)
     if t is Batch:
-        out = head + [_T_BATCH, [
-            [e.session, e.seq, e.floor, [e.msg_id[0], e.msg_id[1], e.msg_id[2]], e.kind, e.dest_agent, e.src_agent,
-             e.priority, e.ttl_ms, e.flags, None if e.correlation is None else _mid(e.correlation), e.payload]
+        return batch_frame([
+            [e.session, e.seq, e.floor, _mid(e.msg_id), e.kind, e.dest_agent, e.src_agent, e.priority, e.ttl_ms,
+             e.flags, None if e.correlation is None else _mid(e.correlation), e.payload]
             for e in m.envelopes
-        ]]
-        if m.acks is not None:
-            out += _acks_wire(m.acks)
-        return out
+        ], m.acks, cluster)
     if t is Acks:
         return head + [_T_ACKS, *_acks_wire(m)]
     if t is RegistryDigest:
@@ -509,6 +518,8 @@ def _names(value: Any, limit: int, chars: int) -> tuple[str, ...]:
 
 
 def _msg_id(value: Any) -> MessageId:
+    if type(value) is MessageId:  # a frame that never crossed the wire (tests, one process): ours already
+        return value
     if (type(value) is not list and type(value) is not tuple) or len(value) != 3:
         raise _bad("bad message id")
     origin, epoch, counter = value

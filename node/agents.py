@@ -136,6 +136,8 @@ BUILTIN_NAME = "_node"
 Priority = Union[int, Literal["high", "normal", "low"]]
 Payload = Union[bytes, bytearray, memoryview, str]
 _PRIORITY_NAMES = {"high": PRIORITY_HIGH, "normal": PRIORITY_NORMAL, "low": PRIORITY_LOW}
+_PLAIN_RESULTS = (bytes, str, dict, list, int, float, bool)
+"""Handler results that are certainly not awaitable (skips `inspect.isawaitable` on the hot path)."""
 _AGENT_FRAME_TYPES = (32, 33, 40, 41, 48, 49, 50, 51, 52, 53, 54)
 assert all(AGENT_TYPE_MIN <= t <= AGENT_TYPE_MAX for t in _AGENT_FRAME_TYPES)
 
@@ -336,6 +338,10 @@ class AgentAPI:
         """One-way message to an agent id or a `Capability`; see `AgentService.send`."""
         return await self.agents.send(to, payload, **options)
 
+    async def send_many(self, to: str, payloads: Sequence[Payload], **options: Any) -> list[MessageId]:
+        """Many one-way messages to one agent id, in order, cheaply; see `AgentService.send_many`."""
+        return await self.agents.send_many(to, payloads, **options)
+
     async def request(self, to: str | Capability, payload: Payload, **options: Any) -> Reply:
         """Request/response with correlation; see `AgentService.request`."""
         return await self.agents.request(to, payload, **options)
@@ -401,6 +407,10 @@ class Agent:
         """Send as this agent (the receiver sees it as `sender_agent`)."""
         return await self._service.send(to, payload, sender=self.agent_id, **options)
 
+    async def send_many(self, to: str, payloads: Sequence[Payload], **options: Any) -> list[MessageId]:
+        """`send_many` as this agent."""
+        return await self._service.send_many(to, payloads, sender=self.agent_id, **options)
+
     async def request(self, to: str | Capability, payload: Payload, **options: Any) -> Reply:
         return await self._service.request(to, payload, sender=self.agent_id, **options)
 
@@ -452,10 +462,12 @@ class Subscription:
 
 
 class _Waiter:
-    __slots__ = ("future", "agent_id", "started", "kind", "node_id", "deadline", "balanced")
+    __slots__ = ("future", "agent_id", "started", "kind", "node_id", "deadline", "balanced", "group")
 
     def __init__(self, future: asyncio.Future[Any], agent_id: str, node_id: str, started: float, kind: int,
-                 deadline: float, balanced: bool) -> None:
+                 deadline: float, balanced: bool, group: list[int] | None = None) -> None:
+        self.group = group
+        """`send_many`: one future for many messages; [messages not yet acknowledged] (the first failure wins)."""
         self.future = future
         self.agent_id = agent_id
         self.node_id = node_id
@@ -716,6 +728,80 @@ class AgentService:
         node_id = self._resolve(to)
         return await self._send_to(to, node_id, body, delivery, ttl_ms, prio, confirm, policy, timeout_s, src, False)
 
+    async def send_many(
+        self,
+        to: str,
+        payloads: Sequence[Payload],
+        *,
+        delivery: str = AT_LEAST_ONCE,
+        ttl: float | None = None,
+        priority: Priority = "normal",
+        confirm: bool | None = None,
+        on_full: Literal["error", "wait"] | None = None,
+        timeout: float | None = None,
+        sender: str | None = None,
+    ) -> list[MessageId]:
+        """`send` for many payloads to one agent id, in order, at a fraction of the per-message cost
+        (one lookup, one delivery call and one waiter per window's worth; decision 0117).
+
+        The options mean what they mean for `send`; `confirm` waits until every message is acknowledged
+        and raises the first failure's error (the other messages' outcomes still happen). With
+        `on_full="error"`, messages that do not fit the send queue fail the call before any of them is
+        sent in that chunk; with "wait", the call sends as room frees up.
+        """
+        self._require_running()
+        if isinstance(to, Capability):
+            raise ValueError("send_many addresses one agent id; use send() for a Capability (balancing, failover)")
+        bodies = [_payload(p) for p in payloads]
+        if delivery not in MODES:
+            raise ValueError(f"delivery must be one of {', '.join(MODES)}")
+        prio = _priority(priority)
+        ttl_ms = _seconds_ms(ttl, "ttl") if ttl is not None else 0
+        confirm = (delivery == AT_LEAST_ONCE) if confirm is None else confirm
+        if confirm and delivery == BEST_EFFORT:
+            raise ValueError("best_effort messages are not acknowledged; use delivery='at_least_once' to confirm")
+        policy = on_full or self.config.on_full
+        timeout_s = self.config.default_timeout_s if timeout is None else timeout
+        if timeout_s <= 0:
+            raise ValueError("timeout must be positive (seconds)")
+        src = sender or self.sender_id
+        node_id = self._resolve(to)
+        wait_if_full = policy == "wait" and delivery != BEST_EFFORT
+        if wait_if_full and ttl_ms == 0:
+            ttl_ms = _seconds_ms(timeout_s, "timeout")
+        self.counters["sent"] += len(bodies)
+        assert self._loop is not None
+        future: asyncio.Future[None] | None = self._loop.create_future() if confirm and bodies else None
+        group = [len(bodies)]
+        deadline = time.monotonic() + timeout_s
+        started = time.perf_counter()
+        ids: list[MessageId] = []
+        pos = 0
+        while pos < len(bodies):
+            await self._room_for(node_id, to, prio, policy, max(0.001, deadline - time.monotonic()))
+            room = self.delivery.capacity(node_id, to, prio) if delivery != BEST_EFFORT else len(bodies)
+            chunk = bodies[pos:pos + max(1, room)]
+            if delivery == DURABLE:
+                chunk_ids = await self._stage_durable_many(to, node_id, chunk, ttl_ms, prio, wait_if_full, src)
+            else:
+                try:
+                    chunk_ids = self.delivery.send_many(node_id, to, chunk, self.now_ms(), src_agent=src, mode=delivery,
+                                                        priority=prio, ttl_ms=ttl_ms, wait_if_full=wait_if_full)
+                except SendQueueFull as exc:
+                    raise self._local_backpressure(to, node_id, str(exc)) from None
+                self.schedule_pump()
+            if future is not None:
+                waiters = self._waiters
+                for msg_id in chunk_ids:
+                    waiters[msg_id] = _Waiter(future, to, node_id, started, KIND_DATA, deadline, False, group)
+                if self._sweep is None:
+                    self._sweep = self._loop.call_later(WAITER_SWEEP_S, self._sweep_waiters)
+            ids += chunk_ids
+            pos += len(chunk)
+        if future is not None:
+            await future
+        return ids
+
     async def request(
         self,
         to: str | Capability,
@@ -931,6 +1017,29 @@ class AgentService:
         await future
         return msg_id
 
+    async def _stage_durable_many(self, agent_id: str, node_id: str, bodies: list[bytes], ttl_ms: int, prio: int,
+                                  wait_if_full: bool, src: str) -> list[MessageId]:
+        """Stage many durable messages; one future resolves when their (single) group commit is done."""
+        wall = _wall_ms()
+        expires = wall + ttl_ms if ttl_ms else None
+        entries = [OutboxEntry(self.delivery.next_msg_id(), node_id, agent_id, src, KIND_DATA, prio, body, expires, wall)
+                   for body in bodies]
+        outbox = self._outbox
+        if len(outbox) + outbox.staged + len(entries) > outbox.max_rows:
+            raise self._local_backpressure(agent_id, node_id, f"the outbox has no room for {len(entries)} more messages "
+                                           f"(max_rows={outbox.max_rows}); wait for acknowledgements or raise it")
+        for entry in entries:
+            outbox.stage(entry)
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        staged = self._staged
+        for entry in entries[:-1]:
+            staged.append(_Staged(entry, ttl_ms, wait_if_full, None))
+        staged.append(_Staged(entries[-1], ttl_ms, wait_if_full, future))  # all commit in one transaction
+        self.schedule_pump()
+        await future
+        return [e.msg_id for e in entries]
+
     def _broadcast(self, topic: str, body: bytes) -> MessageId:
         self._require_running()
         msg_id = self.broadcaster.broadcast(body, self.now_ms(), topic=topic)
@@ -1075,16 +1184,28 @@ class AgentService:
         if self._deferred:
             now = self.now_ms()
             batch, self._deferred = self._deferred[:RESEND_BATCH], self._deferred[RESEND_BATCH:]
-            for i, s in enumerate(batch):
-                e = s.entry
-                try:
-                    self.delivery.send(e.dest_node, e.dest_agent, e.payload, now, src_agent=e.src_agent, mode=DURABLE,
-                                       priority=e.priority, ttl_ms=min(s.ttl_ms, MAX_TTL_MS),
-                                       wait_if_full=s.wait_if_full and s.ttl_ms > 0, msg_id=e.msg_id)
-                except SendQueueFull:
-                    # Stored already; hand it over when the queues drain (next pump).
-                    self._deferred[:0] = batch[i:]
+            i = 0
+            while i < len(batch):
+                # Runs of messages for the same channel with the same options go in one send_many call.
+                first = batch[i]
+                e = first.entry
+                room = self.delivery.capacity(e.dest_node, e.dest_agent, e.priority)
+                j = i + 1
+                end = min(len(batch), i + max(room, 1))
+                while j < end and _same_channel(batch[j], first):
+                    j += 1
+                take = batch[i:min(j, i + room)]
+                if take:
+                    self.delivery.send_many(e.dest_node, e.dest_agent, [s.entry.payload for s in take], now,
+                                            src_agent=e.src_agent, mode=DURABLE, priority=e.priority,
+                                            ttl_ms=min(first.ttl_ms, MAX_TTL_MS),
+                                            wait_if_full=first.wait_if_full and first.ttl_ms > 0,
+                                            msg_ids=[s.entry.msg_id for s in take])
+                if i + len(take) < j:
+                    # Stored already; hand the rest over when the queues drain (next pump).
+                    self._deferred[:0] = batch[i + len(take):]
                     break
+                i = j
             if self._deferred:
                 self.schedule_pump()
 
@@ -1109,6 +1230,12 @@ class AgentService:
             waiter = self._waiters.get(event.msg_id)
             if waiter is not None and waiter.kind == KIND_DATA:
                 del self._waiters[event.msg_id]
+                group = waiter.group
+                if group is not None:
+                    group[0] -= 1
+                    if group[0] == 0 and not waiter.future.done():
+                        waiter.future.set_result(None)
+                    return
                 self._finished(waiter, True)
                 if not waiter.future.done():
                     waiter.future.set_result(event)
@@ -1173,7 +1300,7 @@ class AgentService:
                       "request" if item.kind == KIND_REQUEST else "message", item.priority)
         try:
             result = agent._handler(msg)  # type: ignore[misc]
-            if inspect.isawaitable(result):
+            if result is not None and type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                 # Not a plain function after all: finish this one in a task, queue the rest to the worker.
                 agent._inline = False
                 assert self._loop is not None
@@ -1462,6 +1589,12 @@ def _payload(payload: Payload) -> bytes:
     if isinstance(payload, (bytearray, memoryview)):
         return bytes(payload)
     raise ValueError(f"payload must be bytes or str, not {type(payload).__name__}; serialise it first (json.dumps)")
+
+
+def _same_channel(a: _Staged, b: _Staged) -> bool:
+    x, y = a.entry, b.entry
+    return (x.dest_node == y.dest_node and x.dest_agent == y.dest_agent and x.priority == y.priority
+            and x.src_agent == y.src_agent and a.ttl_ms == b.ttl_ms and a.wait_if_full == b.wait_if_full)
 
 
 def _is_async(handler: Any) -> bool:

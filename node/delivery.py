@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -59,6 +59,7 @@ from agentnode.agent_messages import (
     MessageId,
     Outgoing,
     RejectEntry,
+    batch_frame,
     decode,
     encode,
 )
@@ -308,7 +309,7 @@ class _Msg:
 
 
 class _SendChannel:
-    __slots__ = ("key", "session", "next_seq", "queue", "inflight", "last_ms")
+    __slots__ = ("key", "session", "next_seq", "queue", "inflight", "last_ms", "progress_ms")
 
     def __init__(self, key: tuple[str, str, int], session: int, now_ms: int) -> None:
         self.key = key
@@ -317,6 +318,8 @@ class _SendChannel:
         self.queue: deque[_Msg] = deque()
         self.inflight: dict[int, _Msg] = {}
         self.last_ms = now_ms
+        self.progress_ms = -(1 << 62)
+        """When an ack last advanced this channel (RFC 6298 §5.3: restart the retransmission timer then)."""
 
     def floor(self) -> int:
         return next(iter(self.inflight)) if self.inflight else self.next_seq
@@ -375,7 +378,8 @@ class Delivery:
         self._inbox: dict[str, int] = {}
         self._capacity: dict[str, int] = {}
         self._requests: dict[MessageId, _Pending] = {}
-        self._staged: dict[str, list[Envelope]] = {}
+        self._staged: dict[str, list[list[Any]]] = {}
+        """Envelopes in wire form (`batch_frame`) per destination node, for the next `messages_to_send`."""
         self._ack_due: dict[str, dict[tuple[str, str, int], None]] = {}
         self._rejects: dict[str, list[RejectEntry]] = {}
         self._timers: list[tuple[int, int, int, Any]] = []
@@ -460,6 +464,70 @@ class Delivery:
         """Queue a one-way message; its outcome arrives as an event. Raises SendQueueFull or ValueError."""
         return self._submit(dest_node, dest_agent, payload, now_ms, KIND_DATA, None, src_agent, mode, priority,
                             ttl_ms, wait_if_full, msg_id)
+
+    def send_many(self, dest_node: str, dest_agent: str, payloads: Sequence[bytes], now_ms: int, *,
+                  src_agent: str = "", mode: str = AT_LEAST_ONCE, priority: int = PRIORITY_NORMAL, ttl_ms: int = 0,
+                  wait_if_full: bool = False, msg_ids: Sequence[MessageId] | None = None) -> list[MessageId]:
+        """`send` for many payloads to one agent, in order, in one call (decision 0117): one validation, one
+        channel lookup, one pump of the window. All or nothing: SendQueueFull if they do not all fit
+        (`capacity` says how many do). Outcomes arrive as events per message, as for `send`."""
+        if msg_ids is not None and len(msg_ids) != len(payloads):
+            raise ValueError("give one msg_id per payload (or none)")
+        if not payloads:
+            return []
+        if dest_node == self.node_id or mode != AT_LEAST_ONCE and mode != DURABLE or (
+                dest_node not in self._peers and mode != DURABLE):
+            # Local, best-effort or unreachable: the per-message path gives the same outcomes.
+            return [self.send(dest_node, dest_agent, p, now_ms, src_agent=src_agent, mode=mode, priority=priority,
+                              ttl_ms=ttl_ms, wait_if_full=wait_if_full, msg_id=None if msg_ids is None else msg_ids[i])
+                    for i, p in enumerate(payloads)]
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {PRIORITIES} (0 = high)")
+        if not isinstance(ttl_ms, int) or not 0 <= ttl_ms <= MAX_TTL_MS:
+            raise ValueError(f"ttl_ms must be an int in 0..{MAX_TTL_MS} (0 = no TTL)")
+        if not dest_agent:
+            raise ValueError("dest_agent must name an agent")
+        if wait_if_full and ttl_ms == 0:
+            raise ValueError("wait_if_full needs a reliable mode and a ttl_ms (how long to wait)")
+        if msg_ids is not None and mode != DURABLE:
+            raise ValueError("only durable messages reuse a stored msg_id (resend from the outbox)")
+        for p in payloads:
+            if type(p) is not bytes or len(p) > MAX_PAYLOAD_BYTES:
+                raise ValueError(f"payload must be bytes of at most {MAX_PAYLOAD_BYTES} (serialise it first)")
+        n = len(payloads)
+        if self.capacity(dest_node, dest_agent, priority) < n:
+            self.counters["send_queue_full"] += 1
+            raise SendQueueFull(f"no room for {n} messages to {dest_agent!r} on {dest_node}; send fewer (see capacity)")
+        key = (dest_node, dest_agent, priority)
+        ch = self._send.get(key)
+        if ch is None:
+            self._session += 1
+            ch = self._send[key] = _SendChannel(key, self._session, now_ms)
+            self._by_node.setdefault(dest_node, {})[key] = None
+            self._arm_sweep(now_ms)
+        durable = mode == DURABLE
+        flags = (FLAG_DURABLE if durable else 0) | (FLAG_WAIT_IF_FULL if wait_if_full else 0)
+        expires = now_ms + ttl_ms if ttl_ms else None
+        ids: list[MessageId] = []
+        queue = ch.queue
+        node_id, epoch = self.node_id, self.epoch
+        for i, p in enumerate(payloads):
+            if msg_ids is None:
+                self._counter += 1
+                msg_id = MessageId(node_id, epoch, self._counter)
+            else:
+                msg_id = msg_ids[i]
+            m = _Msg(msg_id, dest_node, dest_agent, src_agent, KIND_DATA, priority, flags, None, p, durable, expires)
+            m.channel = ch
+            queue.append(m)
+            if expires is not None:
+                self._push_timer(expires, _T_TTL, m)
+            ids.append(msg_id)
+        ch.last_ms = now_ms
+        self._tracked += n
+        self.counters["sent"] += n
+        self._pump_channel(ch, now_ms)
+        return ids
 
     def request(self, dest_node: str, dest_agent: str, payload: bytes, now_ms: int, *, timeout_ms: int,
                 src_agent: str = "", mode: str = AT_LEAST_ONCE, priority: int = PRIORITY_NORMAL,
@@ -597,7 +665,7 @@ class Delivery:
                 envs.sort(key=_priority_of)
             acks = piggyback.get(node)
             for i in range(0, len(envs), step):
-                out.append(Outgoing(address, node, encode(Batch(tuple(envs[i:i + step]), acks), cluster)))
+                out.append(Outgoing(address, node, batch_frame(envs[i:i + step], acks, cluster)))
                 acks = None
         self.counters["frames_sent"] += len(out)
         return out
@@ -696,10 +764,16 @@ class Delivery:
         self._staged.setdefault(m.dest_node, []).append(self._envelope(m, m.channel, now_ms))
         self.counters["transmissions"] += 1
 
-    def _envelope(self, m: _Msg, ch: _SendChannel | None, now_ms: int) -> Envelope:
+    def _envelope(self, m: _Msg, ch: _SendChannel | None, now_ms: int) -> list[Any]:
+        """`m` in wire form (see `batch_frame`): built once per transmission, no intermediate object."""
         ttl = 0 if m.expires_ms is None else max(1, m.expires_ms - now_ms)
-        return Envelope(0 if ch is None else ch.session, m.seq, 0 if ch is None else ch.floor(), m.msg_id, m.kind,
-                        m.dest_agent, m.src_agent, m.priority, ttl, m.flags, m.correlation, m.payload)
+        if ch is None:
+            session = floor = 0
+        else:
+            session = ch.session
+            floor = next(iter(ch.inflight)) if ch.inflight else ch.next_seq
+        return [session, m.seq, floor, m.msg_id, m.kind, m.dest_agent, m.src_agent, m.priority, ttl, m.flags,
+                m.correlation, m.payload]
 
     def _on_retry(self, m: _Msg, due: int, now_ms: int) -> None:
         if m.state != _INFLIGHT or m.retry_at != due:
@@ -711,6 +785,15 @@ class Delivery:
         if not m.durable and not m.busy and m.attempts >= self.config.max_attempts:
             self._fail(m, NodeUnreachable, f"no acknowledgement after {m.attempts} attempts", now_ms)
             return
+        ch = m.channel
+        if ch is not None and not m.busy:
+            # The channel moved within one RTO: the receiver is busy working through the window, not
+            # losing it. Wait one RTO from that progress, as TCP restarts its timer on new acks.
+            resume = ch.progress_ms + min(self.config.max_rto_ms, self.config.initial_rto_ms << min(m.attempts - 1, 30))
+            if resume > now_ms:
+                m.retry_at = resume
+                self._push_timer(resume, _T_RETRY, m)
+                return
         self.counters["retransmissions"] += 1
         self._transmit(m, now_ms)
 
@@ -776,6 +859,7 @@ class Delivery:
                 if seq > a.upto:
                     break
                 m = inflight.pop(seq)
+                ch.progress_ms = now_ms
                 self._finish(m)
                 self.counters["delivered_acks"] += 1
                 self._emit(MessageDelivered(m.msg_id, sender, m.dest_agent))
@@ -834,39 +918,52 @@ class Delivery:
 
     def _on_batch(self, sender: str, batch: Batch, now_ms: int) -> None:
         c = self.config
+        counters = self.counters
+        counters["received"] += len(batch.envelopes)
+        last_key: tuple[str, str, int] | None = None
+        rc: _RecvChannel | None = None
         for env in batch.envelopes:
-            self.counters["received"] += 1
             if env.session == 0:
                 self._consume(sender, env, None, now_ms)
                 continue
             key = (sender, env.dest_agent, env.priority)
-            rc = self._recv.get(key)
-            if rc is None or env.session > rc.session:
-                rc = self._recv[key] = _RecvChannel(env.session, now_ms)
-                self._arm_sweep(now_ms)
-            elif env.session < rc.session:
-                self.counters["stale_session"] += 1
+            if key != last_key or rc is None or env.session != rc.session:
+                # A new channel in this frame (frames hold runs of one channel): look it up once per run.
+                rc = self._recv.get(key)
+                if rc is None or env.session > rc.session:
+                    rc = self._recv[key] = _RecvChannel(env.session, now_ms)
+                    self._arm_sweep(now_ms)
+                elif env.session < rc.session:
+                    counters["stale_session"] += 1
+                    rc = None
+                    continue
+                rc.last_ms = now_ms
+                self._ack_due.setdefault(sender, {})[key] = None
+                last_key = key
+            seq = env.seq
+            if seq == rc.upto + 1 and not rc.buffer:
+                # In order with nothing held back (the common case): consume without buffering.
+                if self._consume(sender, env, rc, now_ms):
+                    rc.upto = seq
                 continue
-            rc.last_ms = now_ms
-            self._ack_due.setdefault(sender, {})[key] = None
             if env.floor - 1 > rc.upto:
-                self.counters["skipped"] += env.floor - 1 - rc.upto
+                counters["skipped"] += env.floor - 1 - rc.upto
                 rc.upto = env.floor - 1
-                for seq in [s for s in rc.buffer if s <= rc.upto]:
-                    del rc.buffer[seq]
-            if env.seq <= rc.upto:
-                self.counters["duplicates"] += 1
-                rejected = rc.rejected.get(env.seq)
+                for old in [s for s in rc.buffer if s <= rc.upto]:
+                    del rc.buffer[old]
+            if seq <= rc.upto:
+                counters["duplicates"] += 1
+                rejected = rc.rejected.get(seq)
                 if rejected is not None:
                     self._rejects.setdefault(sender, []).append(rejected)
-            elif env.seq in rc.buffer:
-                self.counters["duplicates"] += 1
-            elif env.seq - rc.upto > c.reorder_buffer:
-                self.counters["reorder_overflow"] += 1
+            elif seq in rc.buffer:
+                counters["duplicates"] += 1
+            elif seq - rc.upto > c.reorder_buffer:
+                counters["reorder_overflow"] += 1
             else:
-                if env.seq != rc.upto + 1:
-                    self.counters["reordered"] += 1
-                rc.buffer[env.seq] = env
+                if seq != rc.upto + 1:
+                    counters["reordered"] += 1
+                rc.buffer[seq] = env
             self._drain(sender, rc, now_ms)
 
     def _drain(self, sender: str, rc: _RecvChannel, now_ms: int) -> None:
@@ -993,5 +1090,5 @@ class Delivery:
         return iter(list(self._send))
 
 
-def _priority_of(env: Envelope) -> int:
-    return env.priority
+def _priority_of(wire: list[Any]) -> int:
+    return wire[7]  # the priority field of an envelope in wire form

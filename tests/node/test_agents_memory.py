@@ -331,3 +331,23 @@ async def test_plain_and_awaitable_returning_handlers_keep_fifo_and_answer(tmp_p
         assert (await a.request(fast.agent_id, "7")).text() == "ok 7"
         assert (await a.request(slow.agent_id, "9")).text() == "late 9"
         assert b.agents.stats()["handled"][slow.agent_id] == 201
+
+
+async def test_send_many_keeps_order_confirms_and_names_backpressure(tmp_path: Path) -> None:
+    async with _cluster(tmp_path, 2) as (_, (a, b)):
+        got: list[str] = []
+        sink = await b.register_agent("many", [], None, lambda m: got.append(m.text()), inbox_capacity=100_000)
+        tiny = await b.register_agent("tiny", [], None, lambda m: None, inbox_capacity=1)
+        await _until("registry", _sees([a], [sink.agent_id, tiny.agent_id]))
+        ids = await a.send_many(sink.agent_id, [f"m{i}" for i in range(3000)])  # confirmed: every ack is in
+        assert len(ids) == 3000 and len(set(ids)) == 3000
+        assert got == [f"m{i}" for i in range(3000)]
+        durable = await a.send_many(sink.agent_id, [f"d{i}" for i in range(500)], delivery="durable", confirm=True)
+        assert len(durable) == 500 and got[3000:] == [f"d{i}" for i in range(500)]
+        await _until("outbox emptied by the acks", lambda: a.agents.stats()["outbox_rows"] == 0)
+        with pytest.raises(ValueError, match="one agent id"):
+            await a.send_many(Capability("x"), ["y"])  # type: ignore[arg-type]
+        with pytest.raises(UnknownAgentError):
+            await a.send_many("nobody@nowhere", ["y"])
+        with pytest.raises(BackpressureError):  # 50 in one frame overflow an inbox of 1: the first failure is raised
+            await a.send_many(tiny.agent_id, ["z"] * 50, on_full="error", timeout=5)

@@ -306,6 +306,44 @@ def test_acked_messages_do_not_wake_the_timer() -> None:
     assert net.cores["a"].get_timer() == FAST.channel_idle_ms // 4
 
 
+def test_send_many_is_send_in_order_and_all_or_nothing() -> None:
+    net = Net(["a", "b"])
+    a = net.cores["a"]
+    net.cores["b"].open_inbox("x")
+    first = a.send("b", "x", b"single", 0)
+    many = a.send_many("b", "x", [b"%d" % i for i in range(30)], 0)
+    assert len(many) == 30 and many[0].counter == first.counter + 1
+    room = a.capacity("b", "x")
+    with pytest.raises(SendQueueFull, match="no room for"):
+        a.send_many("b", "x", [b"y"] * (room + 1), 0)
+    assert a.capacity("b", "x") == room  # nothing was queued
+    with pytest.raises(ValueError, match="one msg_id per payload"):
+        a.send_many("b", "x", [b"y"], 0, mode="durable", msg_ids=[])
+    net.run(200)
+    assert [e.payload for e in net.take("b", Incoming)] == [b"single"] + [b"%d" % i for i in range(30)]
+    assert [e.msg_id for e in net.take("a", MessageDelivered)] == [first, *many]
+
+
+def test_retransmission_waits_while_the_channel_makes_progress() -> None:
+    a = Delivery("a", cluster=C, epoch=1, rng=random.Random(1), config=FAST)
+    b = Delivery("b", cluster=C, epoch=1, rng=random.Random(2), config=FAST)
+    a.member_up("b", "addr-b", 0)
+    b.member_up("a", "addr-a", 0)
+    b.open_inbox("x")
+    a.send("b", "x", b"1", 0)
+    (f1,) = a.messages_to_send()
+    a.send("b", "x", b"2", 30)  # due for retry at 30 + 50
+    a.messages_to_send()  # this frame is slow, not lost
+    b.receive("a", f1.frame, 45)
+    (ack,) = b.messages_to_send()
+    a.receive("b", ack.frame, 45)  # the channel moved at 45
+    a.handle_timer(80)
+    assert a.counters["retransmissions"] == 0 and a.messages_to_send() == []
+    assert a.get_timer() == 95  # one RTO after the last progress (RFC 6298 5.3)
+    a.handle_timer(95)
+    assert a.counters["retransmissions"] == 1 and len(a.messages_to_send()) == 1
+
+
 def test_request_deadline_then_late_response_is_counted() -> None:
     net = Net(["a", "b"])
     b = net.cores["b"]
