@@ -78,6 +78,7 @@ from agentnode.registry import (
     RegistryConfig,
 )
 from agentnode.routing import STRATEGIES, Balancer, Candidate, NoCandidate
+from agentnode.transport.base import Address
 
 if TYPE_CHECKING:
     from agentnode.runtime import Node
@@ -128,6 +129,8 @@ WAITER_SWEEP_S = 0.05
 """How often callers past their deadline are failed (bounds the deadline's overshoot)."""
 SEND_CHUNK = 1_000
 """Messages a control `agents.send --count N` keeps in flight at once."""
+MAX_ADDRESSES = 10_000
+"""Parsed peer addresses cached by the pump (cleared when full)."""
 RESEND_BATCH = 10_000
 """Outbox entries handed to delivery per loop turn at start (bounds the start-up stall)."""
 BUILTIN_NAME = "_node"
@@ -529,6 +532,8 @@ class AgentService:
         self._pump_scheduled = False
         self._pumping = False
         """Inside `_pump` (a transport that delivers synchronously must not re-enter it)."""
+        self._addresses: dict[str, Address] = {}
+        """Peer addresses parsed once, not per frame."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._room: deque[asyncio.Future[None]] = deque()
@@ -1121,10 +1126,11 @@ class AgentService:
             self._pumping = False
 
     def _pump_once(self) -> None:
-        try:
-            self._flush_outbox()
-        except Exception:
-            log.exception("durable outbox flush failed")
+        if self._acks or self._staged or self._deferred:
+            try:
+                self._flush_outbox()
+            except Exception:
+                log.exception("durable outbox flush failed")
         progress = False
         delivery, registry, broadcaster = self.delivery, self.registry, self.broadcaster
         while (d := delivery.next_event()) is not None:
@@ -1135,17 +1141,25 @@ class AgentService:
         while (b := broadcaster.next_event()) is not None:
             self._on_broadcast(b)
         send = self._node.send_frame
+        addresses = self._addresses
         for core in (delivery, registry, broadcaster):
             for out in core.messages_to_send():
-                send(out.address, out.frame, out.peer_id)
+                address = addresses.get(out.address)
+                if address is None:
+                    if len(addresses) >= MAX_ADDRESSES:
+                        addresses.clear()
+                    address = addresses[out.address] = Address.parse(out.address)
+                send(address, out.frame, out.peer_id)
         if progress and self._room:
             # Wake a few waiters per pump (FIFO), not all of them: each re-checks the room it needs.
             for _ in range(min(len(self._room), ROOM_WAKE)):
                 room = self._room.popleft()
                 if not room.done():
                     room.set_result(None)
-        when = min((t for t in (registry.get_timer(), delivery.get_timer(), broadcaster.get_timer()) if t is not None),
-                   default=None)
+        when = delivery.get_timer()
+        for t in (registry.get_timer(), broadcaster.get_timer()):
+            if t is not None and (when is None or t < when):
+                when = t
         # Re-arm only for an earlier deadline: a timer that fires early finds nothing due and re-arms,
         # which is cheaper than cancelling and re-arming on every pump.
         if when is not None and (self._timer_at is None or when < self._timer_at):

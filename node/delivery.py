@@ -633,6 +633,8 @@ class Delivery:
         When a node has both, the first ack chunk rides in the first data frame (a response carries the
         ack of its request: one frame, one decode, one pump at the requester; decision 0115).
         """
+        if not self._staged and not self._ack_due and not self._rejects:
+            return []
         out: list[Outgoing] = []
         cluster = self.cluster
         staged = self._staged
