@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agentnode.chaos.cluster import WaitTimeout
 from agentnode.chaos.scenario import resolve_index
-from agentnode.chaos.workloads import MembershipWorkload, RunContext
+from agentnode.chaos.workloads import CrdtWrite, DurableMessagesWorkload, MembershipWorkload, RunContext, read_delivery_log
 from agentnode.control import ControlError
 
-__all__ = ["CHECKERS", "Verdict", "run_check"]
+__all__ = ["CHECKERS", "Verdict", "judge_crdt", "judge_durable", "judge_minority_writes", "run_check"]
 
 EVIDENCE_LINES_MAX = 20
 """Evidence is for a human: the first lines of each kind, then a count."""
@@ -279,7 +280,7 @@ def raft_one_leader_per_term(ctx: RunContext, params: dict[str, Any]) -> Verdict
     return Verdict("raft_one_leader_per_term", "pass", f"{len(leaders)} term(s) observed, one leader each ({len(statuses)} polls)", evidence)
 
 
-def minority_fails_fast(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+def raft_minority_fails_fast(ctx: RunContext, params: dict[str, Any]) -> Verdict:
     """Strong writes sent to a side without a majority of the Raft voters failed within `max_ms`.
 
     The side is judged by voters, not node count: with 3 voters among 5 nodes, the smaller group
@@ -332,16 +333,332 @@ def minority_fails_fast(ctx: RunContext, params: dict[str, Any]) -> Verdict:
     )
 
 
+# -- replicated CRDT state -------------------------------------------------------------------------
+
+
+def crdt_converged(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """After the faults stop, every live replica holds the same value for every written key, and no
+    applied write is missing (counters equal the applied increments, sets hold every applied element)."""
+    workload = ctx.workloads["crdt"]
+    workload.stop()  # the writes must be final before replicas are compared
+    within_s = float(params.get("within_s", 30))
+    writes: list[CrdtWrite] = workload.recorded()  # type: ignore[attr-defined]
+    if not any(w.outcome in ("ok", "applied") for w in writes):
+        return Verdict("crdt_converged", "error", "no CRDT write was applied; nothing to check", {"writes": len(writes)})
+    keys = sorted({w.key for w in writes})
+    cluster = ctx.cluster
+    live = [n.index for n in cluster.live()]
+    if not live:
+        return Verdict("crdt_converged", "error", "no live node left to read from")
+    reads: dict[int, dict[str, Any]] = {}
+
+    def agreed() -> bool:
+        reads.clear()
+        for index in live:
+            reads[index] = {}
+            for key in keys:
+                try:
+                    reads[index][key] = cluster.nodes[index].call("state.get", key=key).get("value")
+                except (ControlError, OSError) as exc:
+                    reads[index][key] = _NoAnswer(f"{type(exc).__name__}: {exc}")
+        return not _differing(reads, keys)
+
+    try:
+        took = cluster.wait_for("every live CRDT replica to agree", agreed, timeout_s=within_s, interval_s=0.5)
+    except WaitTimeout:
+        differing = _differing(reads, keys)
+        evidence = {
+            "live_nodes": live,
+            "differing_keys": {k: {str(i): _shown(reads[i][k]) for i in live} for k in differing[:EVIDENCE_LINES_MAX]},
+        }
+        return Verdict("crdt_converged", "fail", f"{len(differing)} of {len(keys)} keys still differ between live replicas "
+                       f"{within_s:g} s after the faults stopped", evidence)
+    verdict = judge_crdt(writes, reads[live[0]])
+    evidence = {**verdict.evidence, "seconds_after_faults": round(took, 2), "live_nodes": live}
+    return Verdict(verdict.check, verdict.status, verdict.summary + f"; replicas agreed {took:.1f} s after the faults stopped", evidence)
+
+
+def judge_crdt(writes: list[CrdtWrite], values: dict[str, Any]) -> Verdict:
+    """Compare the converged value of every key with the writes that were sent to it.
+
+    Outcomes (`CrdtWrite`): `ok` and `applied` writes are in the local replica, so they must
+    survive; `unknown` ones may or may not be; `failed` ones must not appear.
+    """
+    problems: list[str] = []
+    per_key: dict[str, Any] = {}
+    for key in sorted({w.key for w in writes}):
+        on_key = [w for w in writes if w.key == key]
+        kind = on_key[0].kind
+        value = values.get(key)
+        sure = [w for w in on_key if w.outcome in ("ok", "applied")]
+        maybe = [w for w in on_key if w.outcome == "unknown"]
+        counts = {o: sum(1 for w in on_key if w.outcome == o) for o in ("ok", "applied", "unknown", "failed")}
+        entry: dict[str, Any] = {"kind": kind, "writes": counts}
+        if kind == "incr":
+            low = sum(int(w.value) for w in sure)
+            high = low + sum(int(w.value) for w in maybe)
+            got = 0 if value is None else value
+            entry.update(value=got, acknowledged_sum=sum(int(w.value) for w in on_key if w.outcome == "ok"), expected_range=[low, high])
+            if not isinstance(got, int) or not low <= got <= high:
+                problems.append(f"counter {key} = {got!r}, expected {low}" + (f"..{high}" if high != low else ""))
+        elif kind == "add":
+            got_set = set(value or [])
+            lost = sorted({str(w.value) for w in sure} - got_set)
+            allowed = {str(w.value) for w in sure + maybe}
+            phantom = sorted(got_set - allowed)
+            entry.update(elements=len(got_set), lost=lost[:EVIDENCE_LINES_MAX], phantom=phantom[:EVIDENCE_LINES_MAX])
+            if lost:
+                problems.append(f"set {key} lost {len(lost)} applied element(s)")
+            if phantom:
+                problems.append(f"set {key} holds {len(phantom)} element(s) no applied write added")
+        else:
+            allowed = {json.dumps(w.value, sort_keys=True) for w in sure + maybe}
+            entry.update(value=value)
+            if sure and value is None:
+                problems.append(f"register {key} is empty although {len(sure)} write(s) were applied")
+            elif value is not None and json.dumps(value, sort_keys=True) not in allowed:
+                problems.append(f"register {key} = {value!r}, which no applied write set")
+        per_key[key] = entry
+    evidence = {"keys": per_key}
+    if problems:
+        return Verdict("crdt_converged", "fail", "; ".join(problems[:EVIDENCE_LINES_MAX]), evidence)
+    totals = {o: sum(1 for w in writes if w.outcome == o) for o in ("ok", "applied", "unknown", "failed")}
+    return Verdict(
+        "crdt_converged", "pass",
+        f"{len(per_key)} keys equal on every live replica and consistent with {len(writes)} writes "
+        f"({totals['ok']} acknowledged, {totals['applied']} applied locally without their level, "
+        f"{totals['unknown']} unknown, {totals['failed']} refused)",
+        evidence,
+    )
+
+
+class _NoAnswer(str):
+    """A replica that did not answer a read: never equal to anything, so the wait goes on."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    __hash__ = str.__hash__
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _differing(reads: dict[int, dict[str, Any]], keys: list[str]) -> list[str]:
+    nodes = sorted(reads)
+    found = []
+    for key in keys:
+        seen = [reads[i].get(key) for i in nodes]
+        if any(isinstance(v, _NoAnswer) for v in seen) or len({_canonical(v) for v in seen}) > 1:
+            found.append(key)
+    return found
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, _NoAnswer):
+        return f"no answer: {str(value)}"
+    if isinstance(value, list) and len(value) > EVIDENCE_LINES_MAX:
+        return {"elements": len(value), "first": value[:EVIDENCE_LINES_MAX]}
+    return value
+
+
+def crdt_minority_fails_fast(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """CRDT writes whose level needs more replicas than a partition side holds fail within `max_ms`,
+    with ConsistencyNotMet (the clear error docs/state.md promises), after `grace_s` for detection.
+
+    Sides are judged by node count: the replica roster keeps failed members (docs/state.md section 2),
+    so N is the cluster size."""
+    max_ms = float(params.get("max_ms", 3000))
+    grace_s = float(params.get("grace_s", 0.0))
+    size = ctx.cluster.size
+    windows = []
+    for t_s, groups in ctx.partitions:
+        end = next((e.t_s for e in ctx.timeline if e.t_s > t_s and e.action in ("heal", "heal_partition", "end")), float("inf"))
+        rest = [n for n in range(size) if not any(n in g for g in groups)]
+        side_of = {n: len(g) for g in [*groups, rest] for n in g}
+        windows.append((t_s + grace_s, end, side_of))
+    if not windows:
+        return Verdict("minority_fails_fast", "error", "the scenario made no partition")
+    writes: list[CrdtWrite] = ctx.workloads["crdt"].recorded()  # type: ignore[attr-defined]
+    inside = [w for w in writes for (a, b, side_of) in windows
+              if a <= w.t_s <= b and w.node in side_of and (_required(w.consistency, size) or 0) > side_of[w.node]]
+    return judge_minority_writes(inside, max_ms, grace_s)
+
+
+def judge_minority_writes(inside: list[CrdtWrite], max_ms: float, grace_s: float) -> Verdict:
+    """The CRDT half of `minority_fails_fast` on the writes already known to be on a too-small side."""
+    if not inside:
+        return Verdict("minority_fails_fast", "error", "no CRDT write needing a majority was sent to a minority side during the partition")
+    slow = [w for w in inside if w.latency_ms > max_ms]
+    succeeded = [w for w in inside if w.outcome == "ok"]
+    unclear = [w for w in inside if w.outcome != "ok" and not w.error.startswith("ConsistencyNotMet")]
+    latencies = sorted(w.latency_ms for w in inside)
+    kinds: dict[str, int] = {}
+    for w in inside:
+        name = w.error.split(":", 1)[0] if w.error else "ok"
+        kinds[name] = kinds.get(name, 0) + 1
+    evidence = {
+        "minority_writes": len(inside),
+        "grace_s": grace_s,
+        "outcomes": kinds,
+        "latency_ms": {"median": round(latencies[len(latencies) // 2], 1), "max": round(latencies[-1], 1)},
+        "example_error": next((w.error for w in inside if w.error), ""),
+        "slower_than_max": [{"t_s": w.t_s, "node": w.node, "latency_ms": round(w.latency_ms), "error": w.error} for w in slow[:EVIDENCE_LINES_MAX]],
+        "succeeded": [{"t_s": w.t_s, "node": w.node, "key": w.key} for w in succeeded[:EVIDENCE_LINES_MAX]],
+        "unclear_errors": [w.error for w in unclear[:EVIDENCE_LINES_MAX]],
+    }
+    problems = []
+    if slow:
+        problems.append(f"{len(slow)} of {len(inside)} took longer than {max_ms:g} ms")
+    if succeeded:
+        problems.append(f"{len(succeeded)} succeeded although the side cannot hold the replicas they need")
+    if unclear:
+        problems.append(f"{len(unclear)} failed with another error than ConsistencyNotMet")
+    if problems:
+        return Verdict("minority_fails_fast", "fail", "CRDT minority-side writes: " + "; ".join(problems), evidence)
+    return Verdict(
+        "minority_fails_fast", "pass",
+        f"all {len(inside)} CRDT writes needing more replicas than their side holds failed with ConsistencyNotMet "
+        f"within {max_ms:g} ms (median {evidence['latency_ms']['median']} ms)",
+        evidence,
+    )
+
+
+def _required(level: str, size: int) -> int | None:
+    """Replicas a write at `level` needs in a roster of `size` (docs/state.md section 2)."""
+    if level == "local":
+        return 1
+    if level == "one":
+        return 2
+    if level == "majority":
+        return size // 2 + 1
+    if level == "all":
+        return size
+    if level.isdigit():
+        return min(int(level), size)
+    return None
+
+
+# -- durable messages -------------------------------------------------------------------------------
+
+
+def durable_exactly_once(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """Every durable message whose send was confirmed reached the receiving handler, and none twice."""
+    workload: DurableMessagesWorkload = ctx.workloads["durable_messages"]  # type: ignore[assignment]
+    workload.stop()  # no send may start after the check
+    within_s = float(params.get("within_s", 30))
+    settle_s = float(params.get("settle_s", 1.0))
+    confirmed, unconfirmed = workload.expected()
+    if not confirmed:
+        return Verdict("durable_exactly_once", "error", "no durable batch was confirmed; nothing to check",
+                       {"unconfirmed_batches": len(workload.unconfirmed)})
+    cluster = ctx.cluster
+    receiver = cluster.nodes[workload.receiver]
+    if not receiver.alive:
+        return Verdict("durable_exactly_once", "error", f"the receiving node {workload.receiver} is not running, so delivery cannot be judged")
+
+    def all_there() -> bool:
+        return confirmed <= set(read_delivery_log(workload.log_path)[0])
+
+    try:
+        waited: float | None = cluster.wait_for("every confirmed durable message at the receiver", all_there, timeout_s=within_s, interval_s=0.25)
+        time.sleep(settle_s)  # late duplicates, if any, show up now
+    except WaitTimeout:
+        waited = None
+    delivered, torn = read_delivery_log(workload.log_path)
+    verdict = judge_durable(confirmed, unconfirmed, delivered, torn)
+    evidence = dict(verdict.evidence)
+    evidence["seconds_after_faults"] = None if waited is None else round(waited, 2)
+    evidence["workload"] = workload.summary()
+    sender = cluster.nodes[workload.sender]
+    resent = None
+    if sender.alive:
+        try:
+            service = sender.call("agents.stats")["service"]
+            evidence["sender_service_counters"] = {k: v for k, v in sorted(service.items()) if k.startswith("durable") and v}
+            resent = int(service.get("durable_resent", 0))
+        except (ControlError, OSError, KeyError, TypeError, ValueError) as exc:
+            evidence["sender_service_counters"] = f"unavailable: {exc}"
+    summary = verdict.summary if waited is None else verdict.summary + f"; all there {waited:.1f} s after the faults stopped"
+    if verdict.status == "pass" and params.get("expect_resend") and not resent:
+        return Verdict(verdict.check, "error", "inconclusive: the restarted sender resent nothing from its outbox, so the kill "
+                       f"did not exercise what the scenario meant to ({verdict.summary})", evidence)
+    if resent:
+        summary += f"; the restarted sender resent {resent} from its outbox"
+    return Verdict(verdict.check, verdict.status, summary, evidence)
+
+
+def judge_durable(confirmed: set[str], unconfirmed: set[str], delivered: list[str], torn: int = 0) -> Verdict:
+    """Confirmed messages all delivered; no message handled twice; nothing delivered that was never sent."""
+    ours = [d for d in delivered if d.startswith(DURABLE_PREFIX)]
+    counts: dict[str, int] = {}
+    for d in ours:
+        counts[d] = counts.get(d, 0) + 1
+    missing = sorted(confirmed - counts.keys())
+    twice = sorted(d for d, c in counts.items() if c > 1)
+    phantom = sorted(d for d in counts if d not in confirmed and d not in unconfirmed)
+    evidence = {
+        "confirmed": len(confirmed),
+        "unconfirmed_sent": len(unconfirmed),
+        "unconfirmed_delivered": sum(1 for d in counts if d in unconfirmed),
+        "handled": len(ours),
+        "missing": len(missing),
+        "first_missing": missing[:EVIDENCE_LINES_MAX],
+        "handled_twice": len(twice),
+        "first_handled_twice": [{"data": d, "times": counts[d]} for d in twice[:EVIDENCE_LINES_MAX]],
+        "never_sent": phantom[:EVIDENCE_LINES_MAX],
+        "torn_log_lines": torn,
+    }
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} of {len(confirmed)} confirmed messages never reached the handler")
+    if twice:
+        problems.append(f"{len(twice)} messages reached the handler more than once")
+    if phantom:
+        problems.append(f"{len(phantom)} handled messages were never sent")
+    if problems:
+        return Verdict("durable_exactly_once", "fail", "; ".join(problems), evidence)
+    return Verdict(
+        "durable_exactly_once", "pass",
+        f"all {len(confirmed)} confirmed durable messages handled exactly once "
+        f"({evidence['unconfirmed_delivered']} of {len(unconfirmed)} unconfirmed ones arrived, once each)",
+        evidence,
+    )
+
+
+DURABLE_PREFIX = "chaos-b"
+"""The data prefix of the durable workload's messages (the demo counter also logs broadcasts)."""
+
+
+def minority_fails_fast(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """Writes sent to a side of a partition that cannot reach the replicas they need fail fast:
+    Raft writes (by voters) and CRDT writes at majority-like levels (by node count), whichever ran."""
+    verdicts = []
+    if "raft_kv" in ctx.workloads:
+        verdicts.append(_needs_workload("minority_fails_fast", "raft_kv", raft_minority_fails_fast)(ctx, params))
+    if "crdt" in ctx.workloads:
+        verdicts.append(_needs_workload("minority_fails_fast", "crdt", crdt_minority_fails_fast)(ctx, params))
+    if not verdicts:
+        return Verdict("minority_fails_fast", "skip", "needs the 'raft_kv' or the 'crdt' workload, which this scenario does not run")
+    if len(verdicts) == 1:
+        return verdicts[0]
+    statuses = [v.status for v in verdicts]
+    status = next((s for s in ("fail", "error", "pass") if s in statuses), "skip")
+    return Verdict("minority_fails_fast", status, " | ".join([f"raft: {verdicts[0].summary}", f"crdt: {verdicts[1].summary}"]),
+                   {"raft": verdicts[0].evidence, "crdt": verdicts[1].evidence})
+
+
 CHECKERS: dict[str, Checker] = {
     "membership_reforms": membership_reforms,
     "membership_stable": membership_stable,
     "no_unexpected_exit": no_unexpected_exit,
     "disk_full_clear_error": disk_full_clear_error,
-    "crdt_converged": _needs_workload("crdt_converged", "crdt"),
+    "crdt_converged": _needs_workload("crdt_converged", "crdt", crdt_converged),
     "raft_linearizable": _needs_workload("raft_linearizable", "raft_kv", raft_linearizable),
     "raft_one_leader_per_term": _needs_workload("raft_one_leader_per_term", "raft_kv", raft_one_leader_per_term),
-    "minority_fails_fast": _needs_workload("minority_fails_fast", "raft_kv", minority_fails_fast),
-    "durable_exactly_once": _needs_workload("durable_exactly_once", "durable_messages"),
+    "minority_fails_fast": minority_fails_fast,
+    "durable_exactly_once": _needs_workload("durable_exactly_once", "durable_messages", durable_exactly_once),
 }
 
 

@@ -85,6 +85,7 @@ def run_scenario(
     cluster = ChaosCluster(
         scenario.nodes, profile=scenario.profile, transport=scenario.transport,
         skewable=[resolve_index(n, scenario.nodes) for n in scenario.skewable], disk_mb=scenario.disk_mb, keep=keep,
+        extra_args=_node_args(scenario),
     )
     ctx = RunContext(cluster, random.Random(seed))
     try:
@@ -256,6 +257,16 @@ def _end_faults(ctx: RunContext) -> None:
         ctx.timeline.append(FaultEvent(round(at, 2), "end", "faults stop: " + (", ".join(touched) or "nothing left to undo")))
     except Exception as exc:
         ctx.timeline.append(FaultEvent(round(at, 2), "end", "faults stop", (), f"{type(exc).__name__}: {exc}"))
+
+
+def _node_args(scenario: Scenario) -> list[str]:
+    """The `join` arguments the scenario's workloads need (e.g. `--demo-agents`), each once, in order."""
+    found: list[str] = []
+    for spec in scenario.workloads:
+        for arg in getattr(WORKLOADS.get(spec.kind), "node_args", ()):
+            if arg not in found:
+                found.append(arg)
+    return found
 
 
 def _prepare_workloads(scenario: Scenario, ctx: RunContext, result: RunResult) -> None:

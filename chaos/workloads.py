@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from agentnode.chaos.cluster import ChaosCluster, ChaosNode
 
 __all__ = [
+    "CrdtWorkload",
+    "CrdtWrite",
+    "DurableMessagesWorkload",
     "FaultEvent",
     "MembershipWorkload",
     "Recorder",
@@ -35,6 +38,7 @@ __all__ = [
     "WORKLOADS",
     "Workload",
     "known_ops",
+    "read_delivery_log",
 ]
 
 SAMPLES_MAX = 500_000
@@ -177,6 +181,8 @@ class Workload:
     surface: ClassVar[str] = ""
     """What public surface this drives, for the skip reason."""
     interval_s_default: ClassVar[float] = 0.5
+    node_args: ClassVar[tuple[str, ...]] = ()
+    """Extra `agentnode join` arguments every node needs for this workload (e.g. `--demo-agents`)."""
 
     def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
         self.params = dict(params)
@@ -491,6 +497,253 @@ class RaftKvWorkload(Workload):
         return int((time.monotonic() - self.ctx.started) * 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class CrdtWrite:
+    """One CRDT write a client sent, and what became of it.
+
+    outcome: `ok` (acknowledged at its level), `applied` (ConsistencyNotMet: docs/state.md section 2
+    says the write is applied locally first and spreads when peers return), `failed` (refused before
+    it was applied) or `unknown` (no answer: it may or may not have been applied).
+    """
+
+    t_s: float
+    node: int
+    kind: str
+    key: str
+    value: Any
+    consistency: str
+    outcome: str
+    latency_ms: float
+    error: str = ""
+
+
+class CrdtWorkload(Workload):
+    """Clients on every node write replicated CRDT state (`state.update`) at several consistency levels.
+
+    Client c is bound to node c mod N, so both sides of a partition write. Each step picks a kind
+    (`incr` on a PN-counter by 1, `add` of a unique element to an add-only set, `set` of a unique
+    value on an LWW register), a key and a level from `consistency` (default local and majority).
+    Every write is recorded with its outcome (see `CrdtWrite`); `crdt_converged` then compares every
+    live replica and checks that no acknowledged write was lost, and `minority_fails_fast` judges the
+    majority writes sent to the minority side.
+    """
+
+    kind = "crdt"
+    requires_ops = ("state.update", "state.get")
+    surface = "replicated CRDT state (agentnode state ...)"
+    interval_s_default = 0.1
+    applied_errors = frozenset({"ConsistencyNotMet"})
+    """Error kinds raised after the local replica applied the write (replication.py `_after_local_write`)."""
+    not_applied = frozenset({"NodeNotRunning", "ValueError", "CrdtUsageError", "LimitExceededError", "ConsistencyUnavailable"})
+    write_timeout_s = 5.0
+    """The node's own default deadline for non-local levels (docs/state.md section 2)."""
+    writes_max = 100_000
+
+    def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
+        super().__init__(params, ctx)
+        levels = self.params.get("consistency", ["local", "majority"])
+        self.levels = [levels] if isinstance(levels, str) else [str(x) for x in levels]
+        self.clients = int(self.params.get("clients", ctx.cluster.size))
+        keys = int(self.params.get("keys", 2))
+        self.keys = {
+            "incr": [f"chaos-counter-{k}" for k in range(keys)],
+            "add": [f"chaos-set-{k}" for k in range(keys)],
+            "set": [f"chaos-register-{k}" for k in range(keys)],
+        }
+        self.kinds = [str(k) for k in self.params.get("kinds", ["incr", "add", "set"])]
+        for kind in self.kinds:
+            if kind not in self.keys:
+                raise ValueError(f"crdt workload: unknown kind {kind!r}; use incr, add or set")
+        self.timeout_s = float(self.params.get("timeout_s", self.write_timeout_s))
+        self.writes: list[CrdtWrite] = []
+        self.writes_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for c in range(self.clients):
+            thread = threading.Thread(target=self._client, args=(c,), name=f"chaos-crdt-c{c}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.timeout_s + STOP_JOIN_S)
+
+    def step(self) -> None:  # pragma: no cover - the clients run their own loops
+        raise RuntimeError("the CRDT workload runs per-client threads")
+
+    def written_keys(self) -> list[str]:
+        with self.writes_lock:
+            return sorted({w.key for w in self.writes})
+
+    def recorded(self) -> list[CrdtWrite]:
+        with self.writes_lock:
+            return list(self.writes)
+
+    def summary(self) -> dict[str, Any]:
+        table: dict[str, int] = {}
+        for w in self.recorded():
+            name = f"{w.kind}@{w.consistency}:{w.outcome}"
+            table[name] = table.get(name, 0) + 1
+        return {"writes": dict(sorted(table.items()))}
+
+    def _client(self, c: int) -> None:
+        try:
+            self._writes(c)
+        except Exception as exc:  # a workload bug is shown in the run's result (checkers then see too few writes)
+            self.errors.append(f"client {c}: {type(exc).__name__}: {exc}")
+
+    def _writes(self, c: int) -> None:
+        rng = random.Random(f"{self.ctx.rng.random()}:crdt:{c}")
+        cluster = self.ctx.cluster
+        seq = 0
+        while not self._stop.is_set():
+            node = cluster.nodes[c % cluster.size]
+            kind = rng.choice(self.kinds)
+            key = rng.choice(self.keys[kind])
+            level = rng.choice(self.levels)
+            seq += 1
+            args: dict[str, Any] = {"kind": kind, "key": key, "consistency": level, "timeout_s": self.timeout_s}
+            value: Any
+            if kind == "incr":
+                value = args["n"] = 1
+            elif kind == "add":
+                value = args["element"] = f"c{c}-{seq}"
+            else:
+                value = args["value"] = f"c{c}-{seq}"
+            t = self.ctx.elapsed()
+            started = time.monotonic()
+            if not node.alive:
+                outcome, error = "failed", "NodeNotRunning"
+            else:
+                try:
+                    # the op has its own `timeout_s` argument, so the client's bound is set apart
+                    node.client(self.timeout_s + 5.0).call("state.update", **args)
+                    outcome, error = "ok", ""
+                except ControlError as exc:
+                    error = f"{exc.kind}: {exc}"
+                    outcome = "applied" if exc.kind in self.applied_errors else "failed" if exc.kind in self.not_applied else "unknown"
+                except OSError as exc:
+                    outcome, error = "unknown", f"{type(exc).__name__}: {exc}"
+            latency = (time.monotonic() - started) * 1000
+            with self.writes_lock:
+                if len(self.writes) < self.writes_max:
+                    self.writes.append(CrdtWrite(round(t, 3), node.index, kind, key, value, level, outcome, latency, error))
+            self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, f"{kind}@{level}", outcome == "ok", latency, None, error))
+            self._stop.wait(self.interval_s)
+
+
+class DurableMessagesWorkload(Workload):
+    """Streams durable messages (`agents.send`, `delivery="durable"`) from one node to a counter agent on another.
+
+    Nodes run `--demo-agents`; `counter@<receiver>` appends every message its handler receives to
+    `<data dir>/demo-agents/counter.log` (node/agents.py), which survives kill -9 of either node.
+    Each step sends one batch of `batch` messages `chaos-b<k> #<i>`; the batch is *confirmed* when
+    the call returns (docs/messaging.md: durable means committed to the sender's outbox before send
+    returns). A batch whose call failed is *unconfirmed*: its messages may arrive, at most once.
+    """
+
+    kind = "durable_messages"
+    requires_ops = ("agents.send", "agents.list")
+    surface = "durable agent messages"
+    interval_s_default = 0.2
+    node_args = ("--demo-agents",)
+    send_timeout_s = 20.0
+    """A batch of durable sends is a group commit of milliseconds; on 2 busy cores allow seconds."""
+    ready_timeout_s = 45.0
+    batches_max = 10_000
+
+    def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
+        from agentnode.chaos.scenario import resolve_index
+
+        super().__init__(params, ctx)
+        size = ctx.cluster.size
+        self.sender = resolve_index(self.params.get("sender", 0), size)
+        self.receiver = resolve_index(self.params.get("receiver", -1), size)
+        if self.sender == self.receiver:
+            raise ValueError("durable_messages: sender and receiver must be different nodes")
+        self.batch = int(self.params.get("batch", 50))
+        if not 2 <= self.batch <= 10_000:
+            raise ValueError("durable_messages: batch must be 2..10,000 (a batch of 1 has no ' #i' suffix)")
+        self.confirmed: list[str] = []
+        self.unconfirmed: list[str] = []
+        self.refused = 0
+        """Sends not attempted because the sender was down (nothing sent)."""
+        self.target = ""
+        self._next = 0
+
+    @property
+    def log_path(self) -> Any:
+        return self.ctx.cluster.nodes[self.receiver].data_dir / "demo-agents" / "counter.log"
+
+    def prepare(self) -> None:
+        cluster = self.ctx.cluster
+        self.target = f"counter@{cluster.nodes[self.receiver].node_id}"
+        sender = cluster.nodes[self.sender]
+        deadline = time.monotonic() + float(self.params.get("ready_timeout_s", self.ready_timeout_s))
+        while time.monotonic() < deadline:
+            ok, value, _, _ = self._timed(sender, "agents.list")
+            if ok and any(a.get("agent_id") == self.target for a in value):
+                return
+            time.sleep(0.3)
+        raise TimeoutError(f"node {self.sender} did not see {self.target} within {self.ready_timeout_s} s")
+
+    def expected(self) -> tuple[set[str], set[str]]:
+        """(messages of confirmed batches, messages of unconfirmed batches)."""
+        def expand(tags: list[str]) -> set[str]:
+            return {f"{tag} #{i}" for tag in tags for i in range(self.batch)}
+
+        return expand(list(self.confirmed)), expand(list(self.unconfirmed))
+
+    def step(self) -> None:
+        if len(self.confirmed) + len(self.unconfirmed) >= self.batches_max:
+            return
+        node = self.ctx.cluster.nodes[self.sender]
+        if not node.alive:
+            self.refused += 1
+            self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, "send", False, 0.0, None, "NodeNotRunning"))
+            return
+        tag = f"chaos-b{self._next}"
+        self._next += 1
+        started = time.monotonic()
+        try:
+            node.call("agents.send", timeout_s=self.send_timeout_s, to=self.target, data=tag, count=self.batch, delivery="durable")
+            self.confirmed.append(tag)
+            error = ""
+        except NodeNotRunning as exc:  # no node behind the socket (restarting): nothing of the batch was sent
+            self.refused += 1
+            error = f"NodeNotRunning: {exc}"
+        except (ControlError, OSError) as exc:  # killed mid-call, or refused part-way: each message at most once
+            self.unconfirmed.append(tag)
+            error = f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}"
+        self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, "send", not error, (time.monotonic() - started) * 1000, self.batch, error))
+
+    def summary(self) -> dict[str, Any]:
+        return {"sender": self.sender, "receiver": self.receiver, "batch": self.batch,
+                "confirmed_batches": len(self.confirmed), "unconfirmed_batches": len(self.unconfirmed),
+                "sends_while_sender_down": self.refused}
+
+
+def read_delivery_log(path: Any) -> tuple[list[str], int]:
+    """The `data` of every message a demo agent's log recorded, and how many lines were torn (kill -9)."""
+    import json
+
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return [], 0
+    found, torn = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            found.append(str(json.loads(line)["data"]))
+        except (ValueError, KeyError, TypeError):
+            torn += 1
+    return found, torn
+
+
 def _surface(kind: str, ops: tuple[str, ...], surface: str) -> type[SurfaceWorkload]:
     return type(f"{kind.title().replace('_', '')}Workload", (SurfaceWorkload,), {"kind": kind, "requires_ops": ops, "surface": surface})
 
@@ -498,9 +751,9 @@ def _surface(kind: str, ops: tuple[str, ...], surface: str) -> type[SurfaceWorkl
 WORKLOADS: dict[str, Callable[[dict[str, Any], RunContext], Workload]] = {
     "membership": MembershipWorkload,
     "raft_kv": RaftKvWorkload,
-    "crdt": _surface("crdt", ("state.update", "state.get"), "replicated CRDT state (agentnode state ...)"),
+    "crdt": CrdtWorkload,
     "locks": _surface("locks", ("lock_acquire", "lock_release"), "Raft locks (agentnode lock ...)"),
-    "durable_messages": _surface("durable_messages", ("agents.send",), "durable agent messages"),
+    "durable_messages": DurableMessagesWorkload,
     "unicast": _surface("unicast", ("agents.send", "agents.request"), "agent unicast and request/response"),
     "broadcast": _surface("broadcast", ("agents.publish",), "broadcast"),
 }
