@@ -344,7 +344,6 @@ class PySyncObjGroup:
         self._tick_due = 0.0
         self._soon_handle: asyncio.Handle | None = None
         """A tick scheduled for the next loop turn (after a frame or a proposal)."""
-        self._flush_handle: asyncio.Handle | None = None
         self._submit_handle: asyncio.Handle | None = None
         self._last_heard: dict[str, float] = {}
         self._quorum_lost_at: float | None = None
@@ -407,10 +406,10 @@ class PySyncObjGroup:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
-        for handle in (self._soon_handle, self._flush_handle, self._submit_handle):
+        for handle in (self._soon_handle, self._submit_handle):
             if handle is not None:
                 handle.cancel()
-        self._soon_handle = self._flush_handle = self._submit_handle = None
+        self._soon_handle = self._submit_handle = None
         syncobj, self._syncobj = self._syncobj, None
         syncobj.destroy()
         _close_pipe_notifier(syncobj)
@@ -555,9 +554,12 @@ class PySyncObjGroup:
         if message is not None:
             assert self._loop is not None
             self._last_heard[voter_id] = self._loop.time()
-            self._flush_soon()
+            # Right here, not a loop turn later: the acknowledgement leaves at once, and the tick
+            # that commits runs while the frame that allows it is being handled.
             if self._tick_helps(message):
-                self._tick_soon()
+                self.do_tick()
+            else:
+                self._flush()
 
     def _tick_helps(self, message: dict[str, Any]) -> bool:
         """Whether a tick right after this frame can do anything the idle tick should not wait for.
@@ -576,16 +578,6 @@ class PySyncObjGroup:
         if kind == "append_entries" and "prevLogIdx" in message:
             return bool(self._pending)
         return True
-
-    def _flush_soon(self) -> None:
-        """Send what handling the frames of this loop turn produced (a follower's acknowledgement)
-        before the tick that follows: the reply does not wait for the tick's work."""
-        if self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_soon(self._on_flush)
-
-    def _on_flush(self) -> None:
-        self._flush_handle = None
-        self._flush()
 
     def _submit_soon(self) -> None:
         """Hand the queued proposals to pysyncobj in the next loop turn: the leader appends and
