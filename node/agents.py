@@ -337,17 +337,19 @@ class AgentAPI:
         """Undo `register_agent`: peers stop routing to it; queued messages are answered UnknownAgent."""
         await self.agents.deregister_agent(agent_id)
 
-    async def send(self, to: str | Capability, payload: Payload, **options: Any) -> MessageId:
-        """One-way message to an agent id or a `Capability`; see `AgentService.send`."""
-        return await self.agents.send(to, payload, **options)
+    def send(self, to: str | Capability, payload: Payload, **options: Any) -> Awaitable[MessageId]:
+        """One-way message to an agent id or a `Capability`; see `AgentService.send`. Await it.
 
-    async def send_many(self, to: str, payloads: Sequence[Payload], **options: Any) -> list[MessageId]:
-        """Many one-way messages to one agent id, in order, cheaply; see `AgentService.send_many`."""
-        return await self.agents.send_many(to, payloads, **options)
+        (A plain method returning the service's coroutine: one coroutine frame less per message.)"""
+        return self.agents.send(to, payload, **options)
 
-    async def request(self, to: str | Capability, payload: Payload, **options: Any) -> Reply:
-        """Request/response with correlation; see `AgentService.request`."""
-        return await self.agents.request(to, payload, **options)
+    def send_many(self, to: str, payloads: Sequence[Payload], **options: Any) -> Awaitable[list[MessageId]]:
+        """Many one-way messages to one agent id, in order, cheaply; see `AgentService.send_many`. Await it."""
+        return self.agents.send_many(to, payloads, **options)
+
+    def request(self, to: str | Capability, payload: Payload, **options: Any) -> Awaitable[Reply]:
+        """Request/response with correlation; see `AgentService.request`. Await it."""
+        return self.agents.request(to, payload, **options)
 
     async def publish(self, topic: str, payload: Payload) -> MessageId:
         """Deliver `payload` to every agent subscribed to `topic`, cluster-wide (Plumtree)."""
@@ -873,11 +875,11 @@ class AgentService:
     def _resolve(self, agent_id: str) -> str:
         if not isinstance(agent_id, str) or not agent_id:
             raise ValueError("address an agent by its id (a string) or a Capability(...)")
-        entry = self.registry.lookup(agent_id)
-        if entry is None:
+        node_id = self.registry.node_of(agent_id)
+        if node_id is None:
             raise UnknownAgentError(UnknownAgent(MessageId(self.node_id, self.epoch, 0), "", agent_id,
                                                  "no agent with this id is known in the cluster (see find_agents())"))
-        return entry.record.node_id
+        return node_id
 
     def _pick(self, cap: Capability, tried: set[str]) -> Candidate:
         entries = self.registry.find(cap.name)
@@ -916,7 +918,8 @@ class AgentService:
         wait_if_full = policy == "wait" and mode != BEST_EFFORT
         if wait_if_full and ttl_ms == 0:
             ttl_ms = _seconds_ms(timeout_s, "timeout")
-        await self._room_for(node_id, agent_id, prio, policy, timeout_s)
+        if self.delivery.capacity(node_id, agent_id, prio) <= 0:  # no coroutine on the common path
+            await self._room_for(node_id, agent_id, prio, policy, timeout_s)
         if mode == DURABLE:
             msg_id = await self._stage_durable(agent_id, node_id, body, ttl_ms, prio, wait_if_full, src)
             if not confirm:
@@ -937,7 +940,8 @@ class AgentService:
 
     async def _request_to(self, agent_id: str, node_id: str, body: bytes, timeout_ms: int, prio: int, policy: str,
                           src: str, balanced: bool) -> Reply:
-        await self._room_for(node_id, agent_id, prio, policy, timeout_ms / 1000)
+        if self.delivery.capacity(node_id, agent_id, prio) <= 0:
+            await self._room_for(node_id, agent_id, prio, policy, timeout_ms / 1000)
         try:
             msg_id = self.delivery.request(node_id, agent_id, body, self.now_ms(), timeout_ms=timeout_ms,
                                            src_agent=src, priority=prio, wait_if_full=policy == "wait")
@@ -1303,13 +1307,14 @@ class AgentService:
 
         Only for a plain-function handler whose inbox is empty and idle, so the order is the worker's.
         """
-        now = self.now_ms()
         self.delivery.release(agent.agent_id)
-        if item.expires_ms is not None and now > item.expires_ms:
-            self.delivery.drop_expired(item, now)
-            self.counters["expired_in_inbox"] += 1
-            self.schedule_pump()
-            return
+        if item.expires_ms is not None:
+            now = self.now_ms()
+            if now > item.expires_ms:
+                self.delivery.drop_expired(item, now)
+                self.counters["expired_in_inbox"] += 1
+                self.schedule_pump()
+                return
         msg = Message(item.msg_id, item.payload, agent.agent_id, item.src_agent, item.sender_node,
                       "request" if item.kind == KIND_REQUEST else "message", item.priority)
         try:

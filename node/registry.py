@@ -343,6 +343,17 @@ class Registry:
         entries = [self._entry(self._sets[o].records[agent_id]) for o in owners]
         return min(entries, key=lambda e: (e.node_suspect, e.record.node_id))
 
+    def node_of(self, agent_id: str) -> str | None:
+        """`lookup(agent_id).record.node_id` without building an entry (the per-send path)."""
+        owners = self._by_agent.get(agent_id)
+        if not owners:
+            return None
+        if len(owners) == 1:
+            for o in owners:
+                return self._sets[o].records[agent_id].node_id
+        entry = self.lookup(agent_id)
+        return None if entry is None else entry.record.node_id
+
     def find(self, capability: str | None = None, *, topic: str | None = None, healthy_only: bool = True,
              include_suspect: bool = True) -> list[AgentEntry]:
         """Agents with `capability` (and/or subscribed to `topic`); all visible agents if both are None."""
