@@ -16,7 +16,15 @@ from typing import Any
 
 from agentnode.chaos.cluster import WaitTimeout
 from agentnode.chaos.scenario import resolve_index
-from agentnode.chaos.workloads import CrdtWrite, DurableMessagesWorkload, MembershipWorkload, RunContext, read_delivery_log
+from agentnode.chaos.workloads import (
+    BroadcastWorkload,
+    CrdtWrite,
+    DurableMessagesWorkload,
+    MembershipWorkload,
+    RunContext,
+    UnicastWorkload,
+    read_delivery_log,
+)
 from agentnode.control import ControlError
 
 __all__ = ["CHECKERS", "Verdict", "judge_crdt", "judge_durable", "judge_minority_writes", "run_check"]
@@ -649,6 +657,135 @@ def minority_fails_fast(ctx: RunContext, params: dict[str, Any]) -> Verdict:
                    {"raft": verdicts[0].evidence, "crdt": verdicts[1].evidence})
 
 
+# -- unicast and broadcast --------------------------------------------------------------------------
+
+
+def requests_answered(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """No request ever got a wrong answer, and after the faults stop every live node's request to
+    `echo@` every other live node is answered within `within_s`."""
+    workload: UnicastWorkload = ctx.workloads["unicast"]  # type: ignore[assignment]
+    workload.stop()
+    within_s = float(params.get("within_s", 30))
+    samples = ctx.recorder.samples("unicast")
+    if not any(s.ok for s in samples):
+        return Verdict("requests_answered", "error", "no request was ever answered; nothing to judge", {"requests": len(samples)})
+    ended = ctx.faults_ended_s if ctx.faults_ended_s is not None else float("inf")
+    during = [s for s in samples if s.t_s <= ended]
+    errors: dict[str, int] = {}
+    for s in during:
+        if not s.ok:
+            name = s.error.split(":", 1)[0]
+            errors[name] = errors.get(name, 0) + 1
+    cluster = ctx.cluster
+    live = cluster.live()
+    pending = {(a.index, b.index) for a in live for b in live if a.index != b.index}
+    failures: dict[str, str] = {}
+
+    def all_answer() -> bool:
+        for a, b in sorted(pending):
+            ok, error, _ = workload.request(cluster.nodes[a], cluster.nodes[b], f"chaos-u-check-{a}-{b}")
+            if ok:
+                pending.discard((a, b))
+                failures.pop(f"{a}->{b}", None)
+            else:
+                failures[f"{a}->{b}"] = error
+        return not pending
+
+    evidence: dict[str, Any] = {
+        "requests": len(samples),
+        "during_faults": {"requests": len(during), "answered": sum(1 for s in during if s.ok), "errors": errors},
+        "wrong_answers": workload.wrong_answers[:EVIDENCE_LINES_MAX],
+    }
+    try:
+        took: float | None = cluster.wait_for("every live pair to answer a request", all_answer, timeout_s=within_s, interval_s=0.5)
+    except WaitTimeout:
+        took = None
+    evidence["unanswered_pairs_after_faults"] = dict(sorted(failures.items())[:EVIDENCE_LINES_MAX])
+    problems = []
+    if workload.wrong_answers:
+        problems.append(f"{len(workload.wrong_answers)} request(s) got an answer that was not their payload")
+    if took is None:
+        problems.append(f"{len(pending)} live pair(s) still unanswered {within_s:g} s after the faults stopped")
+    if problems:
+        return Verdict("requests_answered", "fail", "; ".join(problems), evidence)
+    evidence["seconds_after_faults"] = round(took or 0.0, 2)
+    d = evidence["during_faults"]
+    return Verdict(
+        "requests_answered", "pass",
+        f"every live pair answered {took:.1f} s after the faults stopped; during the run {d['answered']} of "
+        f"{d['requests']} requests were answered, none wrongly (errors: {errors or 'none'})",
+        evidence,
+    )
+
+
+def broadcast_delivered(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """No listener on an undisturbed node handled a published message twice or one never published,
+    and a message published once the live nodes form one cluster again reaches every live listener."""
+    workload: BroadcastWorkload = ctx.workloads["broadcast"]  # type: ignore[assignment]
+    workload.stop()
+    within_s = float(params.get("within_s", 30))
+    with workload.lock:
+        published = [data for _t, _n, data in workload.published]
+        attempted = set(workload.attempted)
+    if not published:
+        return Verdict("broadcast_delivered", "error", "no publish was accepted; nothing to judge")
+    cluster = ctx.cluster
+    live = [n.index for n in cluster.live()]
+    if not live:
+        return Verdict("broadcast_delivered", "error", "no live node left")
+    evidence: dict[str, Any] = {"published": len(published)}
+    try:
+        cluster.wait_for("one cluster of the live nodes", lambda: cluster.converged(live), timeout_s=within_s, interval_s=0.25)
+    except WaitTimeout:
+        return Verdict("broadcast_delivered", "error", "the live nodes never formed one cluster again, so the probe cannot be judged")
+    probe = f"chaos-final-{ctx.rng.randrange(1 << 30)}"  # not the workload's chaos-p prefix
+    ok, error, _ = workload.publish(cluster.nodes[live[0]], probe)
+    if not ok:
+        return Verdict("broadcast_delivered", "fail", f"publishing the probe after the faults failed: {error}", evidence)
+
+    def reached() -> list[int]:
+        return [i for i in live if probe not in read_delivery_log(workload.listener_log(cluster.nodes[i]))[0]]
+
+    try:
+        took: float | None = cluster.wait_for("the probe at every live listener", lambda: not reached(), timeout_s=within_s, interval_s=0.25)
+        time.sleep(float(params.get("settle_s", 1.0)))
+    except WaitTimeout:
+        took = None
+    disturbed = ctx.disturbed()
+    wanted = set(published)
+    per_node: dict[str, Any] = {}
+    problems = []
+    for node in cluster.nodes:
+        got, torn = read_delivery_log(workload.listener_log(node))
+        ours = [d for d in got if d.startswith("chaos-p")]
+        counts: dict[str, int] = {}
+        for d in ours:
+            counts[d] = counts.get(d, 0) + 1
+        twice = sorted(d for d, c in counts.items() if c > 1)
+        invented = sorted(d for d in counts if d not in attempted)
+        per_node[str(node.index)] = {
+            "received_of_published": f"{len(wanted & counts.keys())}/{len(wanted)}",
+            "handled_twice": twice[:EVIDENCE_LINES_MAX], "never_published": invented[:EVIDENCE_LINES_MAX],
+            "torn_log_lines": torn, "process_faults": node.index in disturbed,
+        }
+        if twice and node.index not in disturbed:
+            problems.append(f"node {node.index}'s listener handled {len(twice)} message(s) twice")
+        if invented:
+            problems.append(f"node {node.index}'s listener handled {len(invented)} message(s) never published")
+    evidence["listeners"] = per_node
+    if took is None:
+        problems.append(f"the probe published after the faults did not reach node(s) {', '.join(map(str, reached()))} within {within_s:g} s")
+    if problems:
+        return Verdict("broadcast_delivered", "fail", "; ".join(problems), evidence)
+    evidence["probe_seconds"] = round(took or 0.0, 2)
+    return Verdict(
+        "broadcast_delivered", "pass",
+        f"the probe reached all {len(live)} live listeners in {took:.1f} s; no undisturbed listener handled a message twice "
+        f"({len(published)} published during the run)",
+        evidence,
+    )
+
+
 CHECKERS: dict[str, Checker] = {
     "membership_reforms": membership_reforms,
     "membership_stable": membership_stable,
@@ -659,6 +796,8 @@ CHECKERS: dict[str, Checker] = {
     "raft_one_leader_per_term": _needs_workload("raft_one_leader_per_term", "raft_kv", raft_one_leader_per_term),
     "minority_fails_fast": minority_fails_fast,
     "durable_exactly_once": _needs_workload("durable_exactly_once", "durable_messages", durable_exactly_once),
+    "requests_answered": _needs_workload("requests_answered", "unicast", requests_answered),
+    "broadcast_delivered": _needs_workload("broadcast_delivered", "broadcast", broadcast_delivered),
 }
 
 

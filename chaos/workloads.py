@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from agentnode.chaos.cluster import ChaosCluster, ChaosNode
 
 __all__ = [
+    "BroadcastWorkload",
     "CrdtWorkload",
     "CrdtWrite",
     "DurableMessagesWorkload",
@@ -35,6 +36,7 @@ __all__ = [
     "RunContext",
     "Sample",
     "SurfaceWorkload",
+    "UnicastWorkload",
     "WORKLOADS",
     "Workload",
     "known_ops",
@@ -744,6 +746,137 @@ def read_delivery_log(path: Any) -> tuple[list[str], int]:
     return found, torn
 
 
+class UnicastWorkload(Workload):
+    """Every live node asks `echo@<another node>` (`agents.request`, round robin) each step.
+
+    Records each request's latency and outcome, and whether the answer equals the payload (the
+    echo agent answers with what it got). `requests_answered` then judges integrity during the
+    run and recovery after the faults stop.
+    """
+
+    kind = "unicast"
+    requires_ops = ("agents.request", "agents.list")
+    surface = "agent unicast and request/response"
+    interval_s_default = 0.25
+    node_args = ("--demo-agents",)
+    request_timeout_s = 2.0
+    ready_timeout_s = 45.0
+
+    def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
+        super().__init__(params, ctx)
+        self.timeout_s = float(self.params.get("timeout_s", self.request_timeout_s))
+        self.wrong_answers: list[dict[str, Any]] = []
+        self._seq = 0
+
+    def prepare(self) -> None:
+        prepare_demo_agents(self, "echo")
+
+    def request(self, source: ChaosNode, dest: ChaosNode, data: str) -> tuple[bool, str, float]:
+        """One request from `source` to `echo@dest`; (answered correctly, error, latency ms)."""
+        started = time.monotonic()
+        try:
+            # `timeout` is the op's own deadline; the control client waits a little longer
+            reply = source.client(self.timeout_s + 3.0).call("agents.request", to=f"echo@{dest.node_id}", data=data, timeout=self.timeout_s)
+        except (ControlError, OSError) as exc:
+            return False, f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}", (time.monotonic() - started) * 1000
+        latency = (time.monotonic() - started) * 1000
+        if not isinstance(reply, dict) or reply.get("response") != data:
+            if len(self.wrong_answers) < 100:
+                self.wrong_answers.append({"from": source.index, "to": dest.index, "sent": data, "got": reply})
+            return False, "wrong answer", latency
+        return True, "", latency
+
+    def step(self) -> None:
+        nodes = self.ctx.cluster.nodes
+        self._seq += 1
+        for source in nodes:
+            if not source.alive:
+                continue
+            dest = nodes[(source.index + 1 + self._seq % (len(nodes) - 1)) % len(nodes)] if len(nodes) > 1 else source
+            data = f"chaos-u{self._seq}-{source.index}"
+            ok, error, latency = self.request(source, dest, data)
+            self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, source.index, f"request->{dest.index}", ok, latency, None, error))
+
+    def summary(self) -> dict[str, Any]:
+        samples = self.ctx.recorder.samples(self.kind)
+        return {"requests": len(samples), "answered": sum(1 for s in samples if s.ok), "wrong_answers": len(self.wrong_answers)}
+
+
+class BroadcastWorkload(Workload):
+    """Every live node publishes on the topic `demo` each step; every `listener@<node>` logs what it gets.
+
+    `broadcast_delivered` then reads the listeners' logs (demo-agents/listener.log) for duplicates and
+    publishes a probe after the faults stop that every live listener must receive.
+    """
+
+    kind = "broadcast"
+    requires_ops = ("agents.publish", "agents.list")
+    surface = "broadcast"
+    interval_s_default = 0.5
+    node_args = ("--demo-agents",)
+    topic = "demo"
+    """The demo listener agents subscribe to this topic (node/agents.py start_demo_agents)."""
+    ready_timeout_s = 45.0
+
+    def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
+        super().__init__(params, ctx)
+        self.published: list[tuple[float, int, str]] = []
+        """(t_s, node, data) of every publish the node accepted."""
+        self.attempted: set[str] = set()
+        """Every payload handed to a node, accepted or not (a failed call may still have published)."""
+        self.lock = threading.Lock()
+        self._seq = 0
+
+    def prepare(self) -> None:
+        prepare_demo_agents(self, "listener")
+
+    def publish(self, node: ChaosNode, data: str) -> tuple[bool, str, float]:
+        started = time.monotonic()
+        try:
+            node.call("agents.publish", timeout_s=CALL_TIMEOUT_S * 3, topic=self.topic, data=data)
+            return True, "", (time.monotonic() - started) * 1000
+        except (ControlError, OSError) as exc:
+            return False, f"{getattr(exc, 'kind', type(exc).__name__)}: {exc}", (time.monotonic() - started) * 1000
+
+    def step(self) -> None:
+        self._seq += 1
+        for node in self.ctx.cluster.live():
+            data = f"chaos-p{self._seq}-{node.index}"
+            t = self.ctx.elapsed()
+            with self.lock:
+                self.attempted.add(data)
+            ok, error, latency = self.publish(node, data)
+            if ok:
+                with self.lock:
+                    self.published.append((round(t, 3), node.index, data))
+            self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, "publish", ok, latency, None, error))
+
+    def listener_log(self, node: ChaosNode) -> Any:
+        return node.data_dir / "demo-agents" / "listener.log"
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            return {"published": len(self.published)}
+
+
+def prepare_demo_agents(workload: Workload, agent: str) -> None:
+    """Wait (bounded) until every live node sees `agent@<n>` of every live node in its registry."""
+    cluster = workload.ctx.cluster
+    deadline = time.monotonic() + float(workload.params.get("ready_timeout_s", 45.0))
+    while time.monotonic() < deadline:
+        want = {f"{agent}@{n.node_id}" for n in cluster.live()}
+        ready = True
+        for node in cluster.live():
+            ok, value, _, _ = workload._timed(node, "agents.list")
+            if not ok or not want <= {a.get("agent_id") for a in value}:
+                ready = False
+                break
+        if ready:
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"the nodes did not all see every {agent}@<node> agent within the ready timeout (started with --demo-agents?)")
+
+
 def _surface(kind: str, ops: tuple[str, ...], surface: str) -> type[SurfaceWorkload]:
     return type(f"{kind.title().replace('_', '')}Workload", (SurfaceWorkload,), {"kind": kind, "requires_ops": ops, "surface": surface})
 
@@ -754,7 +887,7 @@ WORKLOADS: dict[str, Callable[[dict[str, Any], RunContext], Workload]] = {
     "crdt": CrdtWorkload,
     "locks": _surface("locks", ("lock_acquire", "lock_release"), "Raft locks (agentnode lock ...)"),
     "durable_messages": DurableMessagesWorkload,
-    "unicast": _surface("unicast", ("agents.send", "agents.request"), "agent unicast and request/response"),
-    "broadcast": _surface("broadcast", ("agents.publish",), "broadcast"),
+    "unicast": UnicastWorkload,
+    "broadcast": BroadcastWorkload,
 }
 """Scenario `kind` -> workload class. The surface workloads name the control operations they will drive."""

@@ -164,3 +164,14 @@ def test_ci_scenarios_wire_the_new_workloads_and_the_nodes_get_demo_agents() -> 
     durable = scenarios["durable-kill"]
     assert "durable_exactly_once" in {c.kind for c in durable.checks}
     assert _node_args(durable) == ["--demo-agents"] and _node_args(heal) == []
+
+
+def test_unicast_and_broadcast_checks_without_data_are_errors() -> None:
+    ctx = ctx_of(3)
+    ctx.workloads["unicast"] = WORKLOADS["unicast"]({}, ctx)
+    ctx.workloads["broadcast"] = WORKLOADS["broadcast"]({}, ctx)
+    unanswered = run_check("requests_answered", ctx, {})
+    assert unanswered.status == "error" and "nothing to judge" in unanswered.summary
+    unpublished = run_check("broadcast_delivered", ctx, {})
+    assert unpublished.status == "error" and "nothing to judge" in unpublished.summary
+    assert run_check("requests_answered", ctx_of(3), {}).status == "skip"
