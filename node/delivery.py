@@ -739,16 +739,44 @@ class Delivery:
         return msg_id
 
     def _pump_channel(self, ch: _SendChannel, now_ms: int) -> None:
-        window = self.config.window
-        while ch.queue and len(ch.inflight) < window:
-            m = ch.queue.popleft()
+        """Move queued messages into the window and transmit them: `_transmit` inlined for the first
+        attempt, the loop that runs once per message sent (same timers, rng draws and frames)."""
+        c = self.config
+        window = c.window
+        queue, inflight = ch.queue, ch.inflight
+        if not queue or len(inflight) >= window:
+            return
+        dest_node = ch.key[0]
+        staged = None
+        if dest_node in self._peers:
+            staged = self._staged.get(dest_node)
+            if staged is None:
+                staged = self._staged[dest_node] = []
+        jitter, uniform = c.jitter, self._rng.uniform
+        timers = self._timers
+        session = ch.session
+        sent = 0
+        while queue and len(inflight) < window:
+            m = queue.popleft()
             if m.state == _DONE:
                 continue
-            m.seq = ch.next_seq
-            ch.next_seq += 1
+            seq = m.seq = ch.next_seq
+            ch.next_seq = seq + 1
             m.state = _INFLIGHT
-            ch.inflight[m.seq] = m
-            self._transmit(m, now_ms)
+            inflight[seq] = m
+            m.attempts += 1
+            rto = min(c.max_rto_ms, c.initial_rto_ms << min(m.attempts - 1, 30))
+            if jitter:
+                rto = max(1, int(rto * (1.0 + uniform(-jitter, jitter))))
+            m.retry_at = now_ms + rto
+            self._timer_seq += 1
+            heapq.heappush(timers, (m.retry_at, self._timer_seq, _T_RETRY, m))
+            if staged is not None:
+                ttl = 0 if m.expires_ms is None else max(1, m.expires_ms - now_ms)
+                staged.append([session, seq, next(iter(inflight)), m.msg_id, m.kind, m.dest_agent, m.src_agent,
+                               m.priority, ttl, m.flags, m.correlation, m.payload])
+                sent += 1
+        self.counters["transmissions"] += sent
 
     def _transmit(self, m: _Msg, now_ms: int) -> None:
         m.attempts += 1
@@ -856,15 +884,24 @@ class Delivery:
                 continue
             ch.last_ms = now_ms
             inflight = ch.inflight
+            events = self._events
+            acked = 0
             while inflight:
                 seq = next(iter(inflight))
                 if seq > a.upto:
                     break
                 m = inflight.pop(seq)
+                acked += 1
+                if m.state != _DONE:  # _finish, inlined: this loop runs once per acknowledged message
+                    self._tracked -= 1
+                    m.state = _DONE
+                if len(events) < MAX_EVENTS:
+                    events.append(MessageDelivered(m.msg_id, sender, m.dest_agent))
+                else:
+                    self._emit(MessageDelivered(m.msg_id, sender, m.dest_agent))
+            if acked:
                 ch.progress_ms = now_ms
-                self._finish(m)
-                self.counters["delivered_acks"] += 1
-                self._emit(MessageDelivered(m.msg_id, sender, m.dest_agent))
+                self.counters["delivered_acks"] += acked
             for seq in a.selective:
                 m = inflight.get(seq)
                 if m is not None:
@@ -1007,7 +1044,8 @@ class Delivery:
             return True
         self._inbox[agent] += 1
         self.counters["delivered"] += 1
-        self._remember_durable(sender, env, durable)
+        if durable:
+            self._remember_durable(sender, env, durable)
         self._emit(Incoming(env.msg_id, sender, env.src_agent, agent, env.kind, env.priority, env.payload,
                             now_ms + env.ttl_ms if env.ttl_ms else None, rc is not None))
         return True
