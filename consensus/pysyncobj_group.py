@@ -180,6 +180,9 @@ class _LinkTransport(Transport):  # type: ignore[misc]
         """Messages pysyncobj sent since the last `flush`, per voter, in order."""
         self._held: dict[str, tuple[dict[str, Any], float]] = {}
         """Per voter: an append_entries without entries held back, and when it must go at the latest."""
+        self._awaited: dict[str, int] = {}
+        """Per voter: the highest log index it forwarded a proposal for and waits to see committed;
+        a commit notice that reaches it is never held (the forwarded write would wait for it)."""
 
     def connect_known(self) -> None:
         """Announce every voter as connected; call once pysyncobj has installed its callbacks."""
@@ -195,6 +198,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
 
     def dropNode(self, node: Node) -> None:  # noqa: N802
         self._held.pop(node.id, None)
+        self._awaited.pop(node.id, None)
         if self._nodes.pop(node.id, None) is not None:
             self._onNodeDisconnected(node)
 
@@ -206,6 +210,8 @@ class _LinkTransport(Transport):  # type: ignore[misc]
         if len(queue) >= OUTBOX_MESSAGES_MAX:
             self._group.stats.encode_failures += 1
             return False
+        if message.get("type") == "apply_command_response" and type(message.get("log_idx")) is int:
+            self._awaited[node.id] = max(self._awaited.get(node.id, 0), message["log_idx"])
         queue.append(message)
         return True
 
@@ -225,7 +231,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
             merged = coalesce_messages(queue)
             self._group.stats.messages_coalesced += len(queue) - len(merged)
             last = merged[-1]
-            if hold_s > 0 and due > now_s and _is_empty_append(last):
+            if hold_s > 0 and due > now_s and _is_empty_append(last) and not self._unblocks(voter_id, last):
                 self._held[voter_id] = (last, due)
                 merged.pop()
             for message in merged:
@@ -238,6 +244,14 @@ class _LinkTransport(Transport):  # type: ignore[misc]
             elif next_due is None or due < next_due:
                 next_due = due
         return next_due
+
+    def _unblocks(self, voter_id: str, message: dict[str, Any]) -> bool:
+        """Does this append_entries tell `voter_id` that a write it forwarded has committed?"""
+        awaited = self._awaited.get(voter_id)
+        if awaited is None or message["commit_index"] < awaited:
+            return False
+        del self._awaited[voter_id]
+        return True
 
     def _send_now(self, voter_id: str, message: dict[str, Any]) -> None:
         stats = self._group.stats
@@ -282,6 +296,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
     def destroy(self) -> None:
         self._outbox.clear()
         self._held.clear()
+        self._awaited.clear()
         self.setOnMessageReceivedCallback(None)
         self.setOnNodeConnectedCallback(None)
         self.setOnNodeDisconnectedCallback(None)

@@ -298,3 +298,25 @@ async def test_pipelined_writes_are_batched_into_few_frames(cluster: Cluster) ->
     print(f"{frames / writes:.2f} frames per pipelined commit")
     assert frames < 2 * writes
     await cluster.converged()
+
+
+async def test_writes_forwarded_by_a_follower_never_wait_for_a_held_commit_notice(tmp_path: Path) -> None:
+    # Hold heartbeats almost a whole heartbeat period: were the commit notice a forwarding follower
+    # waits for held too, five forwarded writes would take >= 5 x 450 ms; the bound is 2 s.
+    config = RaftConfig(heartbeat_ms=500, heartbeat_hold_ms=450, election_timeout_ms_min=1_600,
+                        election_timeout_ms_max=2_000, leader_fallback_ms=2_000, quorum_window_ms=2_000,
+                        no_quorum_timeout_ms=4_000)
+    cl = Cluster(tmp_path, config=config)
+    try:
+        await cl.start_all()
+        leader = await cl.leader()
+        follower = next(g for g in cl.groups.values() if g is not leader)
+
+        async def forwarded_writes() -> None:
+            for i in range(5):
+                assert (await follower.propose(c.KvPut(f"f{i}", b"v"))).ok
+
+        await asyncio.wait_for(forwarded_writes(), 2.0)
+        assert follower.state.query(c.KvGet("f4")) == b"v"
+    finally:
+        await cl.close()
