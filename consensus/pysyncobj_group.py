@@ -175,6 +175,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
         for node in sorted(other_nodes, key=lambda n: n.id):
             self._nodes[node.id] = node
         self._snapshot_bytes = 0
+        self._sorted_ids: list[str] | None = None
         self.cache = group.cache
         self._outbox: dict[str, list[dict[str, Any]]] = {}
         """Messages pysyncobj sent since the last `flush`, per voter, in order."""
@@ -190,15 +191,20 @@ class _LinkTransport(Transport):  # type: ignore[misc]
             self._onNodeConnected(node)
 
     def voter_ids(self) -> list[str]:
-        return sorted(self._nodes)
+        """The other voters, sorted (a cached list: do not mutate)."""
+        if self._sorted_ids is None:
+            self._sorted_ids = sorted(self._nodes)
+        return self._sorted_ids
 
     def addNode(self, node: Node) -> None:  # noqa: N802 (pysyncobj API)
         self._nodes[node.id] = node
+        self._sorted_ids = None
         self._onNodeConnected(node)
 
     def dropNode(self, node: Node) -> None:  # noqa: N802
         self._held.pop(node.id, None)
         self._awaited.pop(node.id, None)
+        self._sorted_ids = None
         if self._nodes.pop(node.id, None) is not None:
             self._onNodeDisconnected(node)
 
@@ -295,6 +301,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
 
     def destroy(self) -> None:
         self._outbox.clear()
+        self._sorted_ids = None
         self._held.clear()
         self._awaited.clear()
         self.setOnMessageReceivedCallback(None)

@@ -508,12 +508,12 @@ class RaftService:
     async def propose(self, command: c.Command) -> Any:
         """Commit `command` through the group (forwarded to a voter from a non-voter)."""
         self._require_enabled()
-        c.to_wire(command)  # TypeError for a non-command, before any I/O
         if getattr(type(command), "READONLY", False):
             raise ValueError(f"{type(command).__name__} is a query; use read() for it")
+        wire = c.to_wire(command)  # TypeError for a non-command, before any I/O
         if self._group is not None:
             return await self._group.propose(command)
-        return await self._forward("propose", [c.to_wire(command)], write=True)
+        return await self._forward("propose", [wire], write=True)
 
     async def read(self, query: c.Command, linearizable: bool = True) -> ReadResult:
         """Answer a query; `linearizable=False` answers from a replica (labelled stale)."""

@@ -1,7 +1,9 @@
 """`agentnode bench raft`: the node's Raft group against a bare pysyncobj ReplDict cluster, in one run.
 
 Both sides are three processes on 127.0.0.1 with the same Raft timing (heartbeat 50 ms, election
-timeout 300-600 ms, no batching) and the same workload, measured on the leader's process:
+timeout 300-600 ms, pysyncobj's timer batching off) and the same workload, measured on the leader's
+process. agentnode coalesces what one tick sends to a voter (decision 0035); bare pysyncobj sends one
+AppendEntries per command and a commit notice after each commit. Figures:
 - sequential commit latency (p50, p99) and sequential writes/s: one write in flight;
 - pipelined writes/s: `concurrency` writes in flight;
 - failover: kill -9 of the leader, then the time until a write through a survivor commits.
