@@ -538,7 +538,8 @@ class AgentService:
         """Peer addresses parsed once, not per frame."""
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
-        self._room: deque[asyncio.Future[None]] = deque()
+        self._room: deque[tuple[float, asyncio.Future[None]]] = deque()
+        """Senders waiting for send-queue room: (their deadline, the future a pump or the sweep resolves)."""
         self._health_task: asyncio.Task[None] | None = None
         self._builtin: Agent | None = None
         self._demo_task: asyncio.Task[None] | None = None
@@ -601,6 +602,11 @@ class AgentService:
                 waiter.future.set_exception(NodeUnreachableError(NodeUnreachable(
                     MessageId(self.node_id, self.epoch, 0), waiter.node_id, waiter.agent_id, "this node stopped")))
         self._waiters.clear()
+        for _, room in self._room:
+            if not room.done():
+                room.set_exception(NodeUnreachableError(NodeUnreachable(
+                    MessageId(self.node_id, self.epoch, 0), "", "", "this node stopped while the sender waited for room")))
+        self._room.clear()
         self._outbox.close()
 
     # -- agents -------------------------------------------------------------------------------------------
@@ -979,7 +985,12 @@ class AgentService:
             if not waiter.future.done():
                 waiter.future.set_exception(DeadlineExceededError(DeadlineExceeded(
                     msg_id, waiter.node_id, waiter.agent_id, "no acknowledgement or answer before the deadline")))
-        if self._waiters and not self._closed:
+        if self._room:
+            for deadline, room in self._room:
+                if deadline <= now and not room.done():
+                    room.set_result(None)  # it re-checks the room, finds its deadline passed and fails
+            self._room = deque(entry for entry in self._room if not entry[1].done())
+        if (self._waiters or self._room) and not self._closed:
             assert self._loop is not None
             self._sweep = self._loop.call_later(WAITER_SWEEP_S, self._sweep_waiters)
 
@@ -1000,11 +1011,11 @@ class AgentService:
                 raise self._local_backpressure(agent_id, node_id, f"no room in the send queue within {timeout_s:g} s")
             assert self._loop is not None
             room: asyncio.Future[None] = self._loop.create_future()
-            self._room.append(room)
-            try:
-                await asyncio.wait_for(room, left)
-            except TimeoutError:
-                pass
+            # Woken by a pump that freed room, or by the waiter sweep once `deadline` passed (no timer each).
+            self._room.append((deadline, room))
+            if self._sweep is None:
+                self._sweep = self._loop.call_later(WAITER_SWEEP_S, self._sweep_waiters)
+            await room
 
     def _local_backpressure(self, agent_id: str, node_id: str, detail: str) -> BackpressureError:
         return BackpressureError(Backpressure(MessageId(self.node_id, self.epoch, 0), node_id, agent_id, detail))
@@ -1157,7 +1168,7 @@ class AgentService:
         if progress and self._room:
             # Wake a few waiters per pump (FIFO), not all of them: each re-checks the room it needs.
             for _ in range(min(len(self._room), ROOM_WAKE)):
-                room = self._room.popleft()
+                _, room = self._room.popleft()
                 if not room.done():
                     room.set_result(None)
         when = delivery.get_timer()

@@ -351,3 +351,20 @@ async def test_send_many_keeps_order_confirms_and_names_backpressure(tmp_path: P
             await a.send_many("nobody@nowhere", ["y"])
         with pytest.raises(BackpressureError):  # 50 in one frame overflow an inbox of 1: the first failure is raised
             await a.send_many(tiny.agent_id, ["z"] * 50, on_full="error", timeout=5)
+
+
+async def test_waiting_for_send_queue_room_ends_at_the_timeout(tmp_path: Path) -> None:
+    from agentnode.delivery import DeliveryConfig
+
+    messaging = MessagingConfig(delivery=DeliveryConfig(window=1, channel_queue=0))
+    async with _cluster(tmp_path, 2, messaging=messaging) as (hub, (a, b)):
+        agent = await b.register_agent("stuck", [], None, lambda m: None)
+        await _until("registry", _sees([a], [agent.agent_id]))
+        hub.partition([a.node_id], [b.node_id])  # nothing is acknowledged: the one-message window stays full
+        await a.send(agent.agent_id, "first", confirm=False)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(BackpressureError, match="no room in the send queue within 0.3 s"):
+            await a.send(agent.agent_id, "second", confirm=False, on_full="wait", timeout=0.3)
+        assert 0.25 <= loop.time() - started < 5  # failed by the waiter sweep, not hung
+        assert a.agents.stats()["service"]["send_waits"] == 1
