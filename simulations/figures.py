@@ -2,7 +2,8 @@
 
 Per-node rates divide by node-seconds actually running; detection times are measured from the
 fault to each observer's first suspect/dead; "false" suspicions/deaths are those of a node that
-was running, not paused and not partitioned from its accuser at that moment (world.py `_observe`).
+had been up the whole time (never crashed, stopped or paused since its first start) and was not
+partitioned from its accuser at that moment (world.py `_observe`, `SimNode.up_whole_time`).
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ def compute_figures(world: World, timeline: Timeline, duration_ms: int) -> dict[
     }
     joined = timeline.marks.get("joined")
     first = next((entry for entry in world.convergence_log if joined is not None and entry[0] >= joined), None)
+    if first is not None and first[0] != joined:
+        first = None  # the next fault came before the joins converged: no join figure for this run
     figures["join_converge_ms"] = first[2] - joined if first and joined is not None else None
-    """From the last initial start to the first instant every node held every other as a member."""
+    """From the last initial start to the first instant every node held every other as a member
+    (None when a later fault struck before that)."""
     figures["join_converge_from_first_start_ms"] = first[2] if first else None
     last = world.convergence_log[-1] if world.convergence_log else None
     if world.converged_at_ms is not None and last is not None:

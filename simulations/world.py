@@ -197,6 +197,13 @@ class SimNode:
     def healthy(self) -> bool:
         return self.running and not self.paused
 
+    @property
+    def up_whole_time(self) -> bool:
+        """Running and never crashed, stopped or paused since its first start. Only such a node can be
+        falsely accused: suspecting or killing a node that restarted (e.g. without its data, at the same
+        incarnation, while it was suspected) is about its previous life, and correct."""
+        return self.running and not self.paused and self.up_since_ms == self.started_ms
+
 
 class World:
     """N nodes, one scheduler, one network; `run(until_ms)` advances it, invariants police it."""
@@ -521,7 +528,8 @@ class World:
         if state in (SUSPECT, DEAD) and old in (0, ALIVE, SUSPECT):
             key = "suspicions" if state == SUSPECT else "deaths"
             self.counters[key] += 1
-            if target.healthy and not self.network.blocked(observer, subject) and not self.network.blocked(subject, observer):
+            if (target.up_whole_time and not self.network.blocked(observer, subject)
+                    and not self.network.blocked(subject, observer)):
                 self.counters["false_" + key] += 1
         elif state == ALIVE and old in (SUSPECT, DEAD):
             self.counters["refutations_seen"] += 1
