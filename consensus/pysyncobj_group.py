@@ -147,6 +147,8 @@ class RaftStats:
     frames_sent: int = 0
     messages_coalesced: int = 0
     """pysyncobj messages merged into another one or replaced by a later one before sending."""
+    outbox_full_drops: int = 0
+    """Messages dropped because `OUTBOX_MESSAGES_MAX` were already queued for that voter in one tick."""
     frames_received: int = 0
     frames_rejected: int = 0
     """Frames from a voter that failed the codec (garbage, or a type outside the allow-list)."""
@@ -214,7 +216,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
         if queue is None:
             queue = self._outbox[node.id] = []
         if len(queue) >= OUTBOX_MESSAGES_MAX:
-            self._group.stats.encode_failures += 1
+            self._group.stats.outbox_full_drops += 1
             return False
         if message.get("type") == "apply_command_response" and type(message.get("log_idx")) is int:
             self._awaited[node.id] = max(self._awaited.get(node.id, 0), message["log_idx"])

@@ -247,6 +247,8 @@ async def test_misuse_errors_say_what_to_do(tmp_path: Path) -> None:
         await group.propose(c.Barrier())
     with pytest.raises(ValueError, match="heartbeat"):
         RaftConfig(heartbeat_ms=200)
+    with pytest.raises(ValueError, match="heartbeat_hold_ms"):
+        RaftConfig(heartbeat_hold_ms=50)
     assert group.status().role == "stopped"
 
 
