@@ -11,7 +11,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agentnode.chaos.cluster import WaitTimeout
@@ -20,6 +20,7 @@ from agentnode.chaos.workloads import (
     BroadcastWorkload,
     CrdtWrite,
     DurableMessagesWorkload,
+    LockGrant,
     MembershipWorkload,
     RunContext,
     UnicastWorkload,
@@ -27,7 +28,7 @@ from agentnode.chaos.workloads import (
 )
 from agentnode.control import ControlError
 
-__all__ = ["CHECKERS", "Verdict", "judge_crdt", "judge_durable", "judge_minority_writes", "run_check"]
+__all__ = ["CHECKERS", "Verdict", "judge_crdt", "judge_durable", "judge_locks", "judge_minority_writes", "run_check"]
 
 EVIDENCE_LINES_MAX = 20
 """Evidence is for a human: the first lines of each kind, then a count."""
@@ -381,9 +382,34 @@ def crdt_converged(ctx: RunContext, params: dict[str, Any]) -> Verdict:
         }
         return Verdict("crdt_converged", "fail", f"{len(differing)} of {len(keys)} keys still differ between live replicas "
                        f"{within_s:g} s after the faults stopped", evidence)
+    del took
+    since = _since_faults(ctx)
     verdict = judge_crdt(writes, reads[live[0]])
-    evidence = {**verdict.evidence, "seconds_after_faults": round(took, 2), "live_nodes": live}
-    return Verdict(verdict.check, verdict.status, verdict.summary + f"; replicas agreed {took:.1f} s after the faults stopped", evidence)
+    divergence = _divergence(ctx)
+    evidence = {**verdict.evidence, "seconds_after_faults": since, "live_nodes": live, "divergence_during_run": divergence}
+    shown = f"; replicas equal when read {since:.1f} s after the faults stopped"
+    if divergence.get("max_distinct_values", 0) > 1:
+        shown += f" (during the run up to {divergence['max_distinct_values']} different values of {divergence['key']} at once)"
+    return Verdict(verdict.check, verdict.status, verdict.summary + shown, evidence)
+
+
+def _since_faults(ctx: RunContext) -> float:
+    """Seconds from the end of the faults phase to now (checks run one after another)."""
+    return round(ctx.elapsed() - (ctx.faults_ended_s or 0.0), 2)
+
+
+def _divergence(ctx: RunContext) -> dict[str, Any]:
+    """From the CRDT workload's per-second reads: the most distinct values one key had across replicas at once."""
+    rounds: dict[int, set[str]] = {}
+    for s in ctx.recorder.samples("crdt", "read"):
+        if s.ok:
+            rounds.setdefault(int(s.t_s), set()).add(_canonical(s.value))
+    if not rounds:
+        return {}
+    worst = max(rounds, key=lambda t: len(rounds[t]))
+    workload = ctx.workloads["crdt"]
+    key = getattr(workload, "poll_key", "?")
+    return {"key": key, "max_distinct_values": len(rounds[worst]), "at_s": worst, "seconds_sampled": len(rounds)}
 
 
 def judge_crdt(writes: list[CrdtWrite], values: dict[str, Any]) -> Verdict:
@@ -570,7 +596,8 @@ def durable_exactly_once(ctx: RunContext, params: dict[str, Any]) -> Verdict:
         return confirmed <= set(read_delivery_log(workload.log_path)[0])
 
     try:
-        waited: float | None = cluster.wait_for("every confirmed durable message at the receiver", all_there, timeout_s=within_s, interval_s=0.25)
+        cluster.wait_for("every confirmed durable message at the receiver", all_there, timeout_s=within_s, interval_s=0.25)
+        waited: float | None = _since_faults(ctx)
         time.sleep(settle_s)  # late duplicates, if any, show up now
     except WaitTimeout:
         waited = None
@@ -697,7 +724,8 @@ def requests_answered(ctx: RunContext, params: dict[str, Any]) -> Verdict:
         "wrong_answers": workload.wrong_answers[:EVIDENCE_LINES_MAX],
     }
     try:
-        took: float | None = cluster.wait_for("every live pair to answer a request", all_answer, timeout_s=within_s, interval_s=0.5)
+        cluster.wait_for("every live pair to answer a request", all_answer, timeout_s=within_s, interval_s=0.5)
+        took: float | None = _since_faults(ctx)
     except WaitTimeout:
         took = None
     evidence["unanswered_pairs_after_faults"] = dict(sorted(failures.items())[:EVIDENCE_LINES_MAX])
@@ -786,6 +814,67 @@ def broadcast_delivered(ctx: RunContext, params: dict[str, Any]) -> Verdict:
     )
 
 
+# -- locks ------------------------------------------------------------------------------------------
+
+
+def locks_fenced(ctx: RunContext, params: dict[str, Any]) -> Verdict:
+    """Lock grants are mutually exclusive and their fencing tokens are unique and increase in real time."""
+    workload = ctx.workloads["locks"]
+    workload.stop()
+    grants: list[LockGrant] = workload.recorded()  # type: ignore[attr-defined]
+    verdict = judge_locks(grants, float(params.get("clock_margin_ms", 500)) / 1000)
+    evidence = {**verdict.evidence, "workload": workload.summary()}
+    return Verdict(verdict.check, verdict.status, verdict.summary, evidence)
+
+
+def judge_locks(grants: list[LockGrant], margin_s: float = 0.5) -> Verdict:
+    """Check recorded grants (times in seconds on the harness's monotonic clock).
+
+    - tokens unique;
+    - real-time order: a grant completed before another was requested has the smaller token;
+    - exclusion: no grant was both requested and completed while an earlier grant was surely still
+      held: after it completed, before its release was sent and before its TTL (counted from its
+      request, minus `margin_s` for the leader's clock) ran out.
+    """
+    if len(grants) < 2:
+        return Verdict("locks_fenced", "error", f"{len(grants)} lock grant(s) recorded; nothing to compare")
+    by_token: dict[int, list[LockGrant]] = {}
+    for g in grants:
+        by_token.setdefault(g.token, []).append(g)
+    reused = {t: [g.owner for g in gs] for t, gs in by_token.items() if len(gs) > 1}
+    ordered = sorted(grants, key=lambda g: g.invoked_s)
+    out_of_order = []
+    overlaps = []
+    for a in grants:
+        held_until = min(a.release_invoked_s if a.release_invoked_s is not None else float("inf"), a.invoked_s + a.ttl_s - margin_s)
+        for b in ordered:
+            if b is a or b.invoked_s < a.completed_s:
+                continue
+            if b.token <= a.token and len(out_of_order) < EVIDENCE_LINES_MAX:
+                out_of_order.append({"first": asdict(a), "later": asdict(b)})
+            if b.completed_s < held_until and len(overlaps) < EVIDENCE_LINES_MAX:
+                overlaps.append({"holder": asdict(a), "granted_meanwhile": asdict(b)})
+    evidence = {
+        "grants": len(grants),
+        "tokens": [min(by_token), max(by_token)],
+        "tokens_reused": {str(t): o for t, o in list(reused.items())[:EVIDENCE_LINES_MAX]},
+        "out_of_order": out_of_order,
+        "overlapping_grants": overlaps,
+    }
+    problems = []
+    if reused:
+        problems.append(f"{len(reused)} fencing token(s) granted twice")
+    if out_of_order:
+        problems.append(f"{len(out_of_order)} grant(s) got a token not above one granted before they were requested")
+    if overlaps:
+        problems.append(f"{len(overlaps)} grant(s) while another holder surely still held the lock")
+    if problems:
+        return Verdict("locks_fenced", "fail", "; ".join(problems), evidence)
+    return Verdict("locks_fenced", "pass",
+                   f"{len(grants)} grants, tokens {min(by_token)}..{max(by_token)} unique and increasing in real time, no overlapping holds",
+                   evidence)
+
+
 CHECKERS: dict[str, Checker] = {
     "membership_reforms": membership_reforms,
     "membership_stable": membership_stable,
@@ -798,6 +887,7 @@ CHECKERS: dict[str, Checker] = {
     "durable_exactly_once": _needs_workload("durable_exactly_once", "durable_messages", durable_exactly_once),
     "requests_answered": _needs_workload("requests_answered", "unicast", requests_answered),
     "broadcast_delivered": _needs_workload("broadcast_delivered", "broadcast", broadcast_delivered),
+    "locks_fenced": _needs_workload("locks_fenced", "locks", locks_fenced),
 }
 
 

@@ -35,10 +35,11 @@ __all__ = [
     "Recorder",
     "RunContext",
     "Sample",
-    "SurfaceWorkload",
     "UnicastWorkload",
     "WORKLOADS",
     "Workload",
+    "LockGrant",
+    "LocksWorkload",
     "known_ops",
     "read_delivery_log",
 ]
@@ -328,23 +329,6 @@ def _status_counters(status: dict[str, Any]) -> dict[str, Any]:
     return counters
 
 
-class SurfaceWorkload(Workload):
-    """A workload whose node surface is not in this build yet: it only explains why it cannot run.
-
-    When the surface lands (its control operations appear), `unavailable()` still refuses: the
-    client for it has not been written against the real API, and a guess must not produce a verdict.
-    """
-
-    def unavailable(self) -> str | None:
-        reason = super().unavailable()
-        if reason is not None:
-            return reason
-        return f"the node now serves {', '.join(self.requires_ops)}, but the chaos workload for {self.surface} is not written yet"
-
-    def step(self) -> None:  # pragma: no cover - never started
-        raise RuntimeError("unavailable workloads are never started")
-
-
 class RaftKvWorkload(Workload):
     """Linearizable key-value clients (`kv_get`/`kv_put`/`kv_cas`) with the Raft history recorder.
 
@@ -415,14 +399,7 @@ class RaftKvWorkload(Workload):
         self._stop.wait(float(self.params.get("status_interval_s", 0.5)))
 
     def resolve(self, name: str) -> int | None:
-        if name != "leader":
-            return None
-        ids = {n.node_id: n.index for n in self.ctx.cluster.nodes}
-        for node in self.ctx.cluster.live():
-            ok, value, _, _ = self._timed(node, "raft_status")
-            if ok and isinstance(value, dict) and value.get("leader") in ids:
-                return ids[value["leader"]]
-        return None
+        return _raft_leader(self, name)
 
     def operations(self) -> list[Any]:
         with self.history_lock:
@@ -557,23 +534,31 @@ class CrdtWorkload(Workload):
             if kind not in self.keys:
                 raise ValueError(f"crdt workload: unknown kind {kind!r}; use incr, add or set")
         self.timeout_s = float(self.params.get("timeout_s", self.write_timeout_s))
+        self.poll_key = self.keys[self.kinds[0]][0]
+        """The key read on every node each second, to show the replicas diverging and converging."""
         self.writes: list[CrdtWrite] = []
         self.writes_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        super().start()  # the divergence poller (step)
         for c in range(self.clients):
             thread = threading.Thread(target=self._client, args=(c,), name=f"chaos-crdt-c{c}", daemon=True)
             self._threads.append(thread)
             thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        super().stop()
         for thread in self._threads:
             thread.join(timeout=self.timeout_s + STOP_JOIN_S)
 
-    def step(self) -> None:  # pragma: no cover - the clients run their own loops
-        raise RuntimeError("the CRDT workload runs per-client threads")
+    def step(self) -> None:
+        """Read the first counter on every live node (local level): how far the replicas diverge over time."""
+        for node in self.ctx.cluster.live():
+            ok, value, ms, error = self._timed(node, "state.get", key=self.poll_key)
+            self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, "read", ok,
+                                         ms, value.get("value") if ok else None, error))
+        self._stop.wait(float(self.params.get("poll_interval_s", 1.0)))
 
     def written_keys(self) -> list[str]:
         with self.writes_lock:
@@ -632,7 +617,7 @@ class CrdtWorkload(Workload):
             with self.writes_lock:
                 if len(self.writes) < self.writes_max:
                     self.writes.append(CrdtWrite(round(t, 3), node.index, kind, key, value, level, outcome, latency, error))
-            self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, f"{kind}@{level}", outcome == "ok", latency, None, error))
+            self.ctx.recorder.add(Sample(self.ctx.elapsed(), self.kind, node.index, f"write@{level}", outcome == "ok", latency, None, error))
             self._stop.wait(self.interval_s)
 
 
@@ -877,17 +862,146 @@ def prepare_demo_agents(workload: Workload, agent: str) -> None:
     raise TimeoutError(f"the nodes did not all see every {agent}@<node> agent within the ready timeout (started with --demo-agents?)")
 
 
-def _surface(kind: str, ops: tuple[str, ...], surface: str) -> type[SurfaceWorkload]:
-    return type(f"{kind.title().replace('_', '')}Workload", (SurfaceWorkload,), {"kind": kind, "requires_ops": ops, "surface": surface})
+@dataclass(frozen=True, slots=True)
+class LockGrant:
+    """A lock acquisition the Raft group granted, as one client saw it (seconds since the faults phase began)."""
+
+    client: int
+    node: int
+    owner: str
+    token: int
+    invoked_s: float
+    completed_s: float
+    ttl_s: float
+    release_invoked_s: float | None = None
+
+
+class LocksWorkload(Workload):
+    """Clients on several nodes compete for one lock (`lock_acquire`/`lock_release`, fencing tokens).
+
+    Client c is bound to node c mod N and uses a fresh owner name per attempt, so every grant gets a
+    fresh fencing token. A granted client holds the lock `hold_s`, then releases it. Every grant is
+    recorded as a `LockGrant`; `locks_fenced` checks mutual exclusion and token order.
+    """
+
+    kind = "locks"
+    requires_ops = ("lock_acquire", "lock_release", "raft_status")
+    surface = "Raft locks (agentnode lock ...)"
+    interval_s_default = 0.05
+    lock_name = "chaos-lock"
+    op_timeout_s = 6.0
+    """Longer than the node's own ConsensusTimeout, so the node decides the outcome."""
+    ready_timeout_s = 45.0
+
+    def __init__(self, params: dict[str, Any], ctx: RunContext) -> None:
+        super().__init__(params, ctx)
+        self.clients = int(self.params.get("clients", 3))
+        self.ttl_ms = int(self.params.get("ttl_ms", 2000))
+        self.hold_s = float(self.params.get("hold_s", 0.1))
+        self.grants: list[LockGrant] = []
+        self.outcomes: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def prepare(self) -> None:
+        deadline = time.monotonic() + float(self.params.get("ready_timeout_s", self.ready_timeout_s))
+        while time.monotonic() < deadline:
+            for node in self.ctx.cluster.live():
+                ok, value, _, _ = self._timed(node, "raft_status")
+                if ok and isinstance(value, dict) and value.get("leader") and value.get("has_quorum") is not False:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"the Raft group did not elect a leader within {self.ready_timeout_s} s")
+
+    def start(self) -> None:
+        for c in range(self.clients):
+            thread = threading.Thread(target=self._client, args=(c,), name=f"chaos-lock-c{c}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2 * self.op_timeout_s + STOP_JOIN_S)
+
+    def step(self) -> None:  # pragma: no cover - the clients run their own loops
+        raise RuntimeError("the lock workload runs per-client threads")
+
+    def resolve(self, name: str) -> int | None:
+        return _raft_leader(self, name)
+
+    def recorded(self) -> list[LockGrant]:
+        with self.lock:
+            return list(self.grants)
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            return {"grants": len(self.grants), "outcomes": dict(sorted(self.outcomes.items()))}
+
+    def _count(self, outcome: str) -> None:
+        with self.lock:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def _call(self, node: ChaosNode, op: str, **args: Any) -> tuple[Any, str]:
+        try:
+            return node.call(op, timeout_s=self.op_timeout_s, **args), ""
+        except (ControlError, OSError) as exc:
+            return None, str(getattr(exc, "kind", type(exc).__name__))
+
+    def _client(self, c: int) -> None:
+        try:
+            self._attempts(c)
+        except Exception as exc:  # a workload bug is shown in the run's result
+            self.errors.append(f"client {c}: {type(exc).__name__}: {exc}")
+
+    def _attempts(self, c: int) -> None:
+        cluster = self.ctx.cluster
+        seq = 0
+        while not self._stop.is_set():
+            node = cluster.nodes[c % cluster.size]
+            seq += 1
+            owner = f"chaos-c{c}-{seq}"
+            invoked = self.ctx.elapsed()
+            result, error = self._call(node, "lock_acquire", name=self.lock_name, owner=owner, ttl_ms=self.ttl_ms)
+            completed = self.ctx.elapsed()
+            granted = bool(result and result.get("ok") and result.get("owner") == owner)
+            outcome = "granted" if granted else (error or f"refused:{(result or {}).get('reason', '')}")
+            self._count(outcome)
+            self.ctx.recorder.add(Sample(completed, self.kind, node.index, "acquire", granted, (completed - invoked) * 1000, None,
+                                         "" if granted else outcome))
+            if not granted:
+                self._stop.wait(self.interval_s)
+                continue
+            token = int(result["fencing_token"])
+            self._stop.wait(self.hold_s)
+            released_at = self.ctx.elapsed()
+            grant = LockGrant(c, node.index, owner, token, round(invoked, 4), round(completed, 4), self.ttl_ms / 1000, round(released_at, 4))
+            with self.lock:
+                self.grants.append(grant)
+            released, error = self._call(node, "lock_release", name=self.lock_name, owner=owner, fencing_token=token)
+            self._count("released" if released and released.get("ok") else f"release:{error or (released or {}).get('reason', '')}")
+
+
+def _raft_leader(workload: Workload, name: str) -> int | None:
+    """The index of the Raft leader as some live node reports it, for the fault target "leader"."""
+    if name != "leader":
+        return None
+    ids = {n.node_id: n.index for n in workload.ctx.cluster.nodes}
+    for node in workload.ctx.cluster.live():
+        ok, value, _, _ = workload._timed(node, "raft_status")
+        if ok and isinstance(value, dict) and value.get("leader") in ids:
+            return ids[value["leader"]]
+    return None
 
 
 WORKLOADS: dict[str, Callable[[dict[str, Any], RunContext], Workload]] = {
     "membership": MembershipWorkload,
     "raft_kv": RaftKvWorkload,
     "crdt": CrdtWorkload,
-    "locks": _surface("locks", ("lock_acquire", "lock_release"), "Raft locks (agentnode lock ...)"),
+    "locks": LocksWorkload,
     "durable_messages": DurableMessagesWorkload,
     "unicast": UnicastWorkload,
     "broadcast": BroadcastWorkload,
 }
-"""Scenario `kind` -> workload class. The surface workloads name the control operations they will drive."""
+"""Scenario `kind` -> workload class. Each names the control operations it drives; a node build without
+them makes the workload (and the checkers needing it) skip with that reason."""

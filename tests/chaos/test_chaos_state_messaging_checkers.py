@@ -175,3 +175,22 @@ def test_unicast_and_broadcast_checks_without_data_are_errors() -> None:
     unpublished = run_check("broadcast_delivered", ctx, {})
     assert unpublished.status == "error" and "nothing to judge" in unpublished.summary
     assert run_check("requests_answered", ctx_of(3), {}).status == "skip"
+
+
+def test_lock_grants_must_exclude_each_other_and_order_their_tokens() -> None:
+    from agentnode.chaos.checkers import judge_locks
+    from agentnode.chaos.workloads import LockGrant
+
+    a = LockGrant(0, 0, "a", 1, invoked_s=1.0, completed_s=1.1, ttl_s=2.0, release_invoked_s=1.2)
+    b = LockGrant(1, 1, "b", 2, invoked_s=1.25, completed_s=1.3, ttl_s=2.0, release_invoked_s=1.4)
+    assert judge_locks([a, b]).status == "pass"
+    overlap = LockGrant(1, 1, "b", 2, invoked_s=1.12, completed_s=1.15, ttl_s=2.0, release_invoked_s=1.4)
+    verdict = judge_locks([a, overlap])
+    assert verdict.status == "fail" and "surely still held" in verdict.summary
+    expired = LockGrant(0, 0, "a", 1, invoked_s=1.0, completed_s=1.1, ttl_s=2.0, release_invoked_s=None)  # never released
+    after_ttl = LockGrant(1, 1, "b", 2, invoked_s=3.2, completed_s=3.3, ttl_s=2.0, release_invoked_s=3.4)
+    assert judge_locks([expired, after_ttl]).status == "pass"  # the TTL ended the first hold
+    older_token = LockGrant(1, 1, "b", 1, invoked_s=1.25, completed_s=1.3, ttl_s=2.0, release_invoked_s=1.4)
+    reused = judge_locks([a, older_token])
+    assert reused.status == "fail" and "granted twice" in reused.summary and reused.evidence["out_of_order"]
+    assert judge_locks([a]).status == "error"
