@@ -534,6 +534,8 @@ class AgentService:
         self._pump_scheduled = False
         self._pumping = False
         """Inside `_pump` (a transport that delivers synchronously must not re-enter it)."""
+        self._lone_acks_held = False
+        """The last pump left acks for the next one (at most one turn in a row)."""
         self._addresses: dict[str, Address] = {}
         """Peer addresses parsed once, not per frame."""
         self._timer: asyncio.TimerHandle | None = None
@@ -1157,7 +1159,16 @@ class AgentService:
             self._on_broadcast(b)
         send = self._node.send_frame
         addresses = self._addresses
-        for core in (delivery, registry, broadcaster):
+        cores: tuple[Any, ...] = (delivery, registry, broadcaster)
+        if progress and not self._lone_acks_held and not delivery.data_pending():
+            # Only acks to send: hold them one loop turn, so the callers this pump just woke up (an
+            # answered request) run first; the next pump sends them, with whatever arrives meanwhile.
+            self._lone_acks_held = True
+            cores = (registry, broadcaster)
+            self.schedule_pump()
+        else:
+            self._lone_acks_held = False
+        for core in cores:
             for out in core.messages_to_send():
                 address = addresses.get(out.address)
                 if address is None:

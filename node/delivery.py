@@ -672,6 +672,11 @@ class Delivery:
         self.counters["frames_sent"] += len(out)
         return out
 
+    def data_pending(self) -> bool:
+        """True when `messages_to_send` has data to send (not only acks or rejects). A runtime may hold
+        lone acks for a loop turn, so that they do not delay what the events just woke up (decision 0115)."""
+        return any(self._staged.values())
+
     def next_event(self) -> DeliveryEvent | None:
         return self._events.popleft() if self._events else None
 
