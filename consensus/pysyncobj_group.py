@@ -15,7 +15,7 @@ How pysyncobj is contained (docs/decisions/0030-raft-over-node-transport.md):
   (`raft_codec.coalesce_messages`): consecutive append_entries merge, replaced heartbeats and
   acknowledgements are dropped, and an empty append_entries is held briefly
   (`RaftConfig.heartbeat_hold_ms`) so the next write's entries carry the commit index instead
-  (docs/decisions/0035-raft-frame-coalescing.md).
+  (docs/decisions/0035-raft-frame-coalescing-and-tick-scheduling.md).
 - ``appendEntriesUseBatch=False`` for sub-millisecond commits; ``dynamicMembershipChange=True``
   with membership entries written as plain ``['add'|'rem', id]`` (no pickled Node objects).
 
