@@ -741,7 +741,13 @@ class AgentService:
             return await self._failover(to, lambda c: self._send_to(c.agent_id, c.node_id, body, delivery, ttl_ms, prio,
                                                                     confirm, policy, timeout_s, src, True))
         node_id = self._resolve(to)
-        return await self._send_to(to, node_id, body, delivery, ttl_ms, prio, confirm, policy, timeout_s, src, False)
+        if delivery == DURABLE or self.delivery.capacity(node_id, to, prio) <= 0:
+            return await self._send_to(to, node_id, body, delivery, ttl_ms, prio, confirm, policy, timeout_s, src, False)
+        # The common case without a coroutine level: room is there and nothing is stored first.
+        msg_id = self._submit_one(to, node_id, body, delivery, ttl_ms, prio, policy, timeout_s, src)
+        if confirm:
+            await self._new_waiter(msg_id, to, node_id, KIND_DATA, timeout_s, False)
+        return msg_id
 
     async def send_many(
         self,
@@ -934,16 +940,25 @@ class AgentService:
                 return msg_id
             future = self._new_waiter(msg_id, agent_id, node_id, KIND_DATA, timeout_s, balanced)
         else:
-            try:
-                msg_id = self.delivery.send(node_id, agent_id, body, self.now_ms(), src_agent=src, mode=mode,
-                                            priority=prio, ttl_ms=ttl_ms, wait_if_full=wait_if_full)
-            except SendQueueFull as exc:
-                raise self._local_backpressure(agent_id, node_id, str(exc)) from None
-            self.schedule_pump()
+            msg_id = self._submit_one(agent_id, node_id, body, mode, ttl_ms, prio, policy, timeout_s, src)
             if not confirm:
                 return msg_id
             future = self._new_waiter(msg_id, agent_id, node_id, KIND_DATA, timeout_s, balanced)
         await future
+        return msg_id
+
+    def _submit_one(self, agent_id: str, node_id: str, body: bytes, mode: str, ttl_ms: int, prio: int, policy: str,
+                    timeout_s: float, src: str) -> MessageId:
+        """Hand one non-durable message to the delivery core (the caller checked for room)."""
+        wait_if_full = policy == "wait" and mode != BEST_EFFORT
+        if wait_if_full and ttl_ms == 0:
+            ttl_ms = _seconds_ms(timeout_s, "timeout")
+        try:
+            msg_id = self.delivery.send(node_id, agent_id, body, self.now_ms(), src_agent=src, mode=mode,
+                                        priority=prio, ttl_ms=ttl_ms, wait_if_full=wait_if_full)
+        except SendQueueFull as exc:
+            raise self._local_backpressure(agent_id, node_id, str(exc)) from None
+        self.schedule_pump()
         return msg_id
 
     async def _request_to(self, agent_id: str, node_id: str, body: bytes, timeout_ms: int, prio: int, policy: str,
