@@ -17,11 +17,14 @@ STATE_NAMES = {code: name for name, code in STATE_CODES.items()}
 
 
 class MembershipViews:
-    """views[observer][subject] = state code, plus counters over observers that are running."""
+    """views[observer][subject] = state code (0: unknown), plus counters over running observers.
+
+    One byte per (observer, subject): 1 MB at 1000 nodes, 100 MB at 10,000 (a dict per observer
+    cost about 60 bytes per entry)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.views: list[dict[int, int]] = [{} for _ in range(capacity)]
+        self.views: list[bytearray] = [bytearray(capacity) for _ in range(capacity)]
         self.alive_seen_by = [0] * capacity
         """How many running observers see this subject alive."""
         self.suspect_seen_by = [0] * capacity
@@ -33,7 +36,7 @@ class MembershipViews:
     def set_state(self, observer: int, subject: int, state: int, now_ms: int) -> int:
         """Record a transition; returns the previous state (0 if unknown)."""
         view = self.views[observer]
-        old = view.get(subject, 0)
+        old = view[subject]
         if old == state:
             return old
         view[subject] = state
@@ -57,15 +60,17 @@ class MembershipViews:
         """The observer's process is gone: its beliefs go with it."""
         view = self.views[observer]
         cap = self.capacity
-        for subject, state in view.items():
+        for subject, state in enumerate(view):
+            if not state:
+                continue
             if state == ALIVE:
                 self.alive_seen_by[subject] -= 1
             else:
                 if state == SUSPECT:
                     self.suspect_seen_by[subject] -= 1
                 self.not_alive_since.pop(observer * cap + subject, None)
-        view.clear()
+        self.views[observer] = bytearray(cap)
         self.alive_in_view[observer] = 0
 
     def state(self, observer: int, subject: int) -> int:
-        return self.views[observer].get(subject, 0)
+        return self.views[observer][subject]

@@ -360,7 +360,7 @@ class World:
                 idx = self._by_id.get(member.node_id)
                 if idx is not None and idx != node.index:
                     from_members[idx] = STATE_CODES.get(member.state, 0)
-            from_events = self.views.views[node.index]
+            from_events = {i: code for i, code in enumerate(self.views.views[node.index]) if code}
             for subject in sorted(set(from_members) | set(from_events)):
                 a, b = from_members.get(subject, 0), from_events.get(subject, 0)
                 if a != b:
