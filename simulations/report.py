@@ -127,14 +127,14 @@ def _reach(result: SimulationResult, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     horizon_ms = 4_000
     for w in result.world.watches:
-        if w.label not in ("join", "dead"):
+        if w.label not in ("join", "suspect"):
             continue
         curve = reach_curve(w, len(eligible_observers(result.world, w)))
         if curve:
             origin = curve[0][0]  # from the first node that learnt it: dissemination, not detection
             pts = [(t - origin, frac) for t, frac in curve]
             horizon_ms = max(horizon_ms, pts[-1][0] + 500)
-            label = "ours: late joiner seen alive" if w.label == "join" else "ours: crashed node marked dead"
+            label = "ours: late joiner seen alive" if w.label == "join" else "ours: suspicion of the crashed node"
             ax.step([0] + [p[0] / 1000.0 for p in pts], [0] + [p[1] for p in pts], where="post", label=label, linewidth=2)
     grid = list(range(0, horizon_ms + 1, 20))
     ax.plot([t / 1000.0 for t in grid], [logistic_reach(n, t) for t in grid], "--", label="Serf model (logistic, fanout 3, 200 ms)")

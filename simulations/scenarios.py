@@ -27,6 +27,9 @@ CLUSTER_NAME = "sim"
 JOIN_RAMP_MS_MAX = 5_000
 """Nodes start spread over at most this long (a rolling deploy); small clusters start faster."""
 NODES_MAX = 100_000
+SAMPLES_PER_RUN = 300
+"""Time-series points per run (plots); the interval is rounded to 100 ms."""
+SAMPLE_INTERVAL_MS_MIN = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,9 @@ def build(spec: RunSpec, core_factory: CoreFactory | None = None) -> tuple[World
     if spec.loss is not None and spec.scenario != "lossy":
         timeline.plan.append((0, f.Loss(spec.loss)))
     SCENARIOS[spec.scenario].build(spec, rng, timeline)
-    config = WorldConfig(nodes=n, seed=spec.seed, network=NETWORK_PROFILES[spec.network], codec=spec.codec)
+    sample_ms = max(SAMPLE_INTERVAL_MS_MIN, spec.duration_ms // SAMPLES_PER_RUN // 100 * 100)
+    config = WorldConfig(nodes=n, seed=spec.seed, network=NETWORK_PROFILES[spec.network], codec=spec.codec,
+                         sample_interval_ms=sample_ms)
     invariants = default_invariants(convergence_bound_ms=int(spec.convergence_bound_s * 1000),
                                     false_death_bound_ms=int(spec.false_death_bound_s * 1000))
     world = World(config, core_factory or default_core_factory(spec.membership), plan=timeline.plan,
