@@ -33,7 +33,7 @@ __all__ = [
     "node_address", "node_name",
 ]
 
-DELIVER, TIMER, UNREACHABLE, FAULT, CHECK, SAMPLE, RESUME, STOP = range(8)
+DELIVER, TIMER, UNREACHABLE, FAULT, CHECK, SAMPLE, RESUME, STOP, CALL = range(9)
 
 TIMER_FIRES_PER_INSTANT_MAX = 1_000
 """A core whose timer is still due after this many `handle_timer` calls at one instant is looping."""
@@ -254,6 +254,8 @@ class World:
         self._packb = msgpack.Packer(use_bin_type=True).pack
         self.event_hooks: list[Callable[[SimNode, Any, int], None]] = []
         """Called with (node, event, now_ms) for every event any core emits; later subsystems hook in here."""
+        self.fault_hooks: list[Callable[[Any, int], None]] = []
+        """Called with (fault, now_ms) just before a fault applies (services wipe a data-less restart's disk)."""
         for at, fault in sorted(plan, key=lambda entry: entry[0]):
             self.schedule_fault(at, fault)
         self.scheduler.push(0, CHECK)
@@ -264,6 +266,15 @@ class World:
     def schedule_fault(self, at_ms: int, fault: Fault) -> None:
         """Apply `fault` at simulated time `at_ms`."""
         self.scheduler.push(at_ms, FAULT, fault)
+
+    def call_at(self, at_ms: int, action: Callable[[int], None]) -> None:
+        """Run `action(now_ms)` at simulated time `at_ms` (workloads: API calls into cores)."""
+        self.scheduler.push(at_ms, CALL, action)
+
+    def poke(self, node: SimNode, now_ms: int) -> None:
+        """Drain a running core after an input from outside the world (an API call): send, emit, re-arm."""
+        if node.running and node.core is not None:
+            self._drain(node, now_ms)
 
     def watch(self, label: str, subject: int, states: Sequence[str], since_ms: int) -> Watch:
         """Start recording when each observer first sees `subject` in one of `states`."""
@@ -331,6 +342,8 @@ class World:
                 self._resume(nodes[a], b, now)
             elif kind == STOP:
                 self._stop(nodes[a], b, now)
+            elif kind == CALL:
+                a(now)
             countdown -= 1
             if countdown == 0:
                 countdown = PROGRESS_EVERY_EVENTS
@@ -543,6 +556,8 @@ class World:
 
     def _apply(self, fault: Fault, now: int) -> None:
         self.trace.record(b"F%d " % now + repr(fault).encode())
+        for hook in self.fault_hooks:
+            hook(fault, now)
         net = self.network
         if isinstance(fault, DISRUPTIVE):
             self.last_fault_ms = now
