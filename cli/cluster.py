@@ -143,14 +143,18 @@ def doctor(
     listen: str = typer.Option(None, "--listen", help="The listen address to check for a port conflict."),
     cluster: str = typer.Option(None, "--cluster", help="Cluster name to look for over mDNS."),
     mdns_seconds: float = typer.Option(3.0, "--mdns-seconds", help="How long to listen for mDNS answers."),
+    transport: str = typer.Option(None, "--transport", help="Probe seeds over 'tls' or 'quic' (default: the running node's transport, else tls)."),
     json: bool = JsonOption,
 ) -> None:
     from agentnode.doctor import diagnose
 
     seeds = [part for item in bootstrap for part in item.split(",") if part.strip()]
+    if transport not in (None, "tls", "quic"):
+        fail(f"unknown --transport {transport!r}: use tls or quic", "usage")
     with user_errors():
         findings = asyncio.run(
-            diagnose(data_dir_or_default(data_dir), bootstrap=seeds, listen=listen, cluster=cluster, mdns_seconds=mdns_seconds)
+            diagnose(data_dir_or_default(data_dir), bootstrap=seeds, listen=listen, cluster=cluster,
+                     mdns_seconds=mdns_seconds, transport=transport)
         )
     if json:
         print_json([f.to_dict() for f in findings])

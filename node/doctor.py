@@ -11,15 +11,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agentnode.config import DEFAULT_PORT
+from agentnode.config import DEFAULT_PORT, NodeConfig
 from agentnode.control import ControlClient, ControlError
 from agentnode.datadir import DataDir
 from agentnode.transport.base import Address
+from agentnode.transport.factory import create_transport
+from agentnode.messages import Ping, encode
 from agentnode.transport.diagnosis import (
     Diagnosis,
     check_certificate,
     judge_clock_skew,
     probe_bootstrap,
+    probe_bootstrap_frames,
     probe_listen,
     probe_mdns,
 )
@@ -35,8 +38,14 @@ async def diagnose(
     listen: str | None = None,
     cluster: str | None = None,
     mdns_seconds: float = 3.0,
+    transport: str | None = None,
 ) -> list[Diagnosis]:
-    """Run every check that applies and return the findings, problems first."""
+    """Run every check that applies and return the findings, problems first.
+
+    `transport` ("tls" or "quic") is how seeds are probed; by default the running node's, else TLS.
+    """
+    if transport not in (None, "tls", "quic"):
+        raise ValueError(f"unknown transport {transport!r}: use 'tls' or 'quic'")
     findings: list[Diagnosis] = []
     directory = DataDir(data_dir)
     try:
@@ -65,13 +74,34 @@ async def diagnose(
         findings.extend(await _clock_findings(directory))
         bootstrap = list(bootstrap) or list(status.get("bootstrap", []))
         cluster = cluster or status.get("cluster")
+        transport = transport or status.get("transport")
 
     seeds = [Address.parse(s, default_port=DEFAULT_PORT) for s in bootstrap]
     if seeds:
-        findings.extend(await asyncio.gather(*(probe_bootstrap(seed, identity) for seed in seeds)))
+        if transport == "quic":
+            findings.extend(await asyncio.gather(*(_probe_quic(seed, identity, cluster) for seed in seeds)))
+        else:
+            findings.extend(await asyncio.gather(*(probe_bootstrap(seed, identity) for seed in seeds)))
     if cluster and (status is None or status.get("mdns", True)):
         findings.append(await probe_mdns(cluster, duration_s=mdns_seconds))
     return sorted(findings, key=lambda f: f.ok)
+
+
+async def _probe_quic(seed: Address, identity: Any, cluster: str | None) -> Diagnosis:
+    """A QUIC seed is probed with what a joining node sends first: a membership ping, answered by an ack.
+
+    A ping with no piggybacked updates changes nothing on the seed (SWIM acks any ping); the probe
+    listens on an ephemeral port of the wildcard address and is closed at once.
+    """
+    name = cluster or NodeConfig.model_fields["cluster"].default
+    probe = create_transport("quic", identity, Address("0.0.0.0", 0))
+    ping = encode(Ping(seq=1, from_address="0.0.0.0:0", updates=()), name)
+    finding = await probe_bootstrap_frames(seed, identity, probe, ping)
+    if finding.kind == "no_answer" and cluster is None:
+        return Diagnosis(finding.check, finding.target, False, finding.kind, finding.problem,
+                         f"the probe used cluster name {name!r}; pass --cluster NAME if the cluster has another",
+                         finding.detail)
+    return finding
 
 
 async def _node_status(directory: DataDir) -> dict[str, Any] | None:

@@ -6,6 +6,9 @@ for network trouble: trouble is their result. They do raise `ValueError` for cal
 
 - `probe_bootstrap`: TCP connect + mutual TLS handshake with this node's identity; tells apart
   refused, timeout, another CA (either side), an expired certificate (either side) and success.
+- `probe_bootstrap_frames`: the same question for any transport (QUIC clusters), asked the way a node
+  asks it: start a transport of that kind with this node's identity, send one request frame the
+  caller built, wait for the answer; refused, timeout, silent and success told apart.
 - `probe_mdns` / `judge_mdns`: browse for a few seconds; no answers at all vs. only other
   clusters vs. peers found; a multicast self-test separates "blocked" from "nobody there".
 - `probe_listen`: can the configured listen address be bound, and if not, who answers there.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import errno
+import logging
 import os
 import socket
 import ssl
@@ -27,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 from cryptography import x509
 
-from agentnode.transport.base import Address, PeerRefused
+from agentnode.transport.base import Address, PeerRefused, Transport
 from agentnode.transport.identity import CLOCK_SKEW_ALLOWANCE, NodeIdentity, node_id_from_certificate
 from agentnode.transport.mdns import MdnsDiscovery, MdnsError, MdnsStats
 from agentnode.transport.tls import ALPN, client_context
@@ -40,6 +44,7 @@ __all__ = [
     "judge_clock_skew",
     "judge_mdns",
     "probe_bootstrap",
+    "probe_bootstrap_frames",
     "probe_listen",
     "probe_mdns",
 ]
@@ -194,20 +199,139 @@ async def probe_bootstrap(
             pass
 
 
-def _judge_silent_refusal(identity: NodeIdentity, target: str, peer_id: str, own: Diagnosis) -> tuple[str, str, str, str]:
+async def probe_bootstrap_frames(
+    address: Address,
+    identity: NodeIdentity,
+    transport: Transport,
+    request: object,
+    *,
+    timeout_s: float = CONNECT_TIMEOUT_S,
+) -> Diagnosis:
+    """Send `request` to `address` over `transport` (not yet started) and explain the outcome.
+
+    For transports whose handshake cannot be driven step by step from here (QUIC: the client proves
+    its identity inside the channel, decision 0010), the only honest probe is the one a node makes:
+    a frame the peer answers (the caller builds it, e.g. a membership ping). Any frame back proves
+    both directions were authenticated; a refused handshake shows in the transport's counters.
+    """
+    target = str(address)
+
+    def result(kind: str, problem: str = "", fix: str = "", detail: str = "", peer_id: str | None = None) -> Diagnosis:
+        return Diagnosis("bootstrap", target, kind == "ok", kind, problem, fix, detail, peer_id)
+
+    own = check_certificate(identity)
+    answered: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    refusals = _RefusalLog(target)
+    transport_log = logging.getLogger("agentnode.transport")
+    transport_log.addFilter(refusals)
+
+    def on_frame(sender_id: str, frame: object) -> None:
+        if not answered.done():
+            answered.set_result(sender_id)
+
+    transport.set_handler(on_frame)
+    started = time.monotonic()
+    try:
+        await transport.start()
+    except OSError as exc:
+        return result("probe_failed", f"cannot open a local socket for the probe: {exc}", "check local firewall/socket limits")
+    try:
+        try:
+            transport.send(address, request)
+        except ValueError as exc:
+            return result("unresolvable", f"cannot send to {target}: {exc}", "check the host name in --bootstrap, or use an IP address")
+        deadline = started + timeout_s
+        while not answered.done() and time.monotonic() < deadline:
+            stats = transport.stats()
+            if stats.connections_refused or stats.dial_failures:
+                break
+            await asyncio.sleep(0.02)
+        rtt_ms = (time.monotonic() - started) * 1000
+        if answered.done():
+            peer_id = answered.result()
+            detail = f"node {peer_id}, first answer after {rtt_ms:.1f} ms (handshake included)"
+            if not own.ok or own.kind == "expires_soon":
+                detail += f"; note: {own.problem}"
+            return result("ok", detail=detail, peer_id=peer_id)
+        stats = transport.stats()
+        if refusals.ours:  # our side refused the peer's certificate, and logged why
+            return result(*_judge_refused_peer(refusals.ours[0], target))
+        if stats.connections_refused:
+            kind, problem, fix, detail = _judge_silent_refusal(identity, target, None, own)
+            return result(kind, problem, fix, detail)
+        if stats.dial_failures:
+            return result(
+                "unreachable",
+                f"cannot establish a connection to {target}",
+                "is a node running there with the same transport (`agentnode status` there shows it)? "
+                f"a firewall may be dropping UDP/TCP {address.port}",
+            )
+        if stats.connections_open:
+            return result(
+                "no_answer",
+                f"{target} accepted the connection but did not answer within {timeout_s:g} s",
+                "is it a node of this cluster (same --cluster name)? is it overloaded?",
+                peer_id=None,
+            )
+        return result(
+            "timeout",
+            f"no answer from {target} within {timeout_s:g} s",
+            "is the host up and a node running there with this transport? a firewall may be dropping "
+            f"the packets (check that port {address.port} is open on the seed and on the path)",
+        )
+    finally:
+        transport_log.removeFilter(refusals)
+        await transport.close()
+
+
+class _RefusalLog(logging.Filter):
+    """Collects the transport's "refused connection to TARGET: reason" lines (and lets them through)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self._prefix = f"to {target}"
+        self.ours: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "refused connection %s: %s" and len(record.args or ()) == 2:
+            who, reason = record.args  # type: ignore[misc]
+            if str(who).startswith(self._prefix) and len(self.ours) < 8:
+                self.ours.append(str(reason))
+        return True
+
+
+def _judge_refused_peer(reason: str, target: str) -> tuple[str, str, str, str]:
+    """Our transport refused the peer's certificate; the verify message says why (OpenSSL wording)."""
+    text = reason.lower()
+    if "expired" in text:
+        return ("peer_cert_expired", f"refused: the certificate of {target} has expired",
+                "re-issue that node's certificate (`agentnode ca issue` on the CA machine) and restart it", reason)
+    if "not yet valid" in text:
+        return ("peer_cert_not_yet_valid", f"refused: the certificate of {target} is not valid yet: this machine's clock is behind (or the CA's is ahead)",
+                "synchronise clocks (NTP: `timedatectl set-ntp true` or chrony) on this machine and the CA machine", reason)
+    if "issuer" in text or "self signed" in text or "self-signed" in text:
+        return ("peer_other_ca", f"refused: the certificate of {target} is from another CA than this node's ({reason})",
+                "issue this node's certificate from the cluster's CA (`agentnode ca issue --ca-dir <cluster CA>`), "
+                "or check that --bootstrap points at the right cluster", reason)
+    return ("peer_refused", f"refused {target}: {reason}",
+            "check that the address belongs to a node of this cluster (`agentnode doctor` there)", reason)
+
+
+def _judge_silent_refusal(identity: NodeIdentity, target: str, peer_id: str | None, own: Diagnosis) -> tuple[str, str, str, str]:
     """The peer closed without saying why: use what we know about our own certificate."""
+    who = f"{target} (node {peer_id})" if peer_id else target
     if own.kind in ("expired", "not_yet_valid"):
-        return ("own_cert_expired" if own.kind == "expired" else "own_cert_not_yet_valid", f"{target} (node {peer_id}) refused us: {own.problem}", own.fix, own.detail)
+        return ("own_cert_expired" if own.kind == "expired" else "own_cert_not_yet_valid", f"{who} refused us: {own.problem}", own.fix, own.detail)
     if not _issued_by_own_ca(identity):
         return (
             "rejected_by_peer",
-            f"{target} (node {peer_id}) refused our certificate: it is not issued by the cluster CA this node trusts",
+            f"{who} refused our certificate: it is not issued by the cluster CA this node trusts",
             "issue this node's certificate from the cluster's CA: `agentnode ca issue --ca-dir <cluster CA> --data-dir <this node's data dir>`",
             "the peer closed the connection right after the TLS handshake",
         )
     return (
         "closed_after_handshake",
-        f"{target} (node {peer_id}) closed the connection right after the TLS handshake: it refused this node",
+        f"{who} closed the connection right after the TLS handshake: it refused this node",
         "this node may be revoked, or the peer trusts another CA; see the peer's log (`agentnode doctor` there)",
         "our certificate is valid and issued by our CA",
     )
