@@ -248,6 +248,25 @@ class Workload:
                     self.errors.append(f"{type(exc).__name__}: {exc}")
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
 
+    def _await_raft_leader(self, timeout_s: float) -> None:
+        """Bounded wait until some live node reports a Raft leader with a quorum."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for node in self.ctx.cluster.live():
+                ok, value, _, _ = self._timed(node, "raft_status")
+                if ok and isinstance(value, dict) and value.get("leader") and value.get("has_quorum") is not False:
+                    return
+            time.sleep(0.3)
+        raise TimeoutError(f"the Raft group did not elect a leader within {timeout_s:g} s")
+
+    def _start_clients(self, label: str) -> None:
+        """One thread per client running `self._client(index)` (workloads with concurrent clients)."""
+        threads: list[threading.Thread] = getattr(self, "_threads")
+        for c in range(int(getattr(self, "clients"))):
+            thread = threading.Thread(target=getattr(self, "_client"), args=(c,), name=f"chaos-{label}-c{c}", daemon=True)
+            threads.append(thread)
+            thread.start()
+
     def _timed(self, node: ChaosNode, op: str, **args: Any) -> tuple[bool, Any, float, str]:
         started = time.monotonic()
         try:
@@ -367,21 +386,11 @@ class RaftKvWorkload(Workload):
         self._threads: list[threading.Thread] = []
 
     def prepare(self) -> None:
-        deadline = time.monotonic() + float(self.params.get("ready_timeout_s", self.ready_timeout_s))
-        while time.monotonic() < deadline:
-            for node in self.ctx.cluster.live():
-                ok, value, _, _ = self._timed(node, "raft_status")
-                if ok and isinstance(value, dict) and value.get("leader") and value.get("has_quorum") is not False:
-                    return
-            time.sleep(0.3)
-        raise TimeoutError(f"the Raft group did not elect a leader within {self.ready_timeout_s} s")
+        self._await_raft_leader(float(self.params.get("ready_timeout_s", self.ready_timeout_s)))
 
     def start(self) -> None:
         super().start()  # the status poller
-        for c in range(self.clients):
-            thread = threading.Thread(target=self._client, args=(c,), name=f"chaos-raft-c{c}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        self._start_clients("raft")
 
     def stop(self) -> None:
         super().stop()
@@ -904,20 +913,10 @@ class LocksWorkload(Workload):
         self._threads: list[threading.Thread] = []
 
     def prepare(self) -> None:
-        deadline = time.monotonic() + float(self.params.get("ready_timeout_s", self.ready_timeout_s))
-        while time.monotonic() < deadline:
-            for node in self.ctx.cluster.live():
-                ok, value, _, _ = self._timed(node, "raft_status")
-                if ok and isinstance(value, dict) and value.get("leader") and value.get("has_quorum") is not False:
-                    return
-            time.sleep(0.3)
-        raise TimeoutError(f"the Raft group did not elect a leader within {self.ready_timeout_s} s")
+        self._await_raft_leader(float(self.params.get("ready_timeout_s", self.ready_timeout_s)))
 
     def start(self) -> None:
-        for c in range(self.clients):
-            thread = threading.Thread(target=self._client, args=(c,), name=f"chaos-lock-c{c}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        self._start_clients("lock")
 
     def stop(self) -> None:
         self._stop.set()
