@@ -31,6 +31,15 @@ _SHOWN = (
     ("digest", "trace digest"),
 )
 
+_STATE_SHOWN = (
+    ("writes_done", "state: writes made"),
+    ("reconverge_s", "state: replicas equal after the heal (s)"),
+    ("membership_reconverge_s", "state: membership converged after the heal (s)"),
+    ("service_bytes_heal_to_converged", "state: service bytes from heal to equal"),
+    ("service_bytes", "state: service bytes, whole run"),
+    ("converged_at_end", "state: replicas equal at the end"),
+)
+
 
 def register(app: typer.Typer) -> None:
     """Add `simulate` to the root app."""
@@ -58,13 +67,20 @@ def simulate(
     false_death_bound_s: float = typer.Option(30.0, "--false-death-bound-s", help="Invariant: a healthy node looks dead at most this long."),
     codec: str = typer.Option("msgpack", "--codec", help="msgpack (frames cross as bytes, as in production) or none."),
     cprofile: Optional[Path] = typer.Option(None, "--cprofile", help="Write a cProfile of the simulator loop to this file."),
+    services: str = typer.Option("", "--services", help="Service cores beside membership, comma-separated: state "
+                                 "(state-* scenarios switch it on)."),
+    state_keys: int = typer.Option(100, "--state-keys", help="Keys the state workload writes."),
+    state_writes: int = typer.Option(500, "--state-writes", help="Updates the state workload makes."),
+    state_bound_s: float = typer.Option(10.0, "--state-bound-s", help="Invariant: replicas equal within this after "
+                                        "the last write, fault and membership convergence."),
 ) -> None:
     if seed is None:
         seed = random.SystemRandom().randrange(SEED_MAX)
     try:
         spec = RunSpec(nodes=nodes, seed=seed, scenario=scenario, duration_s=duration_s, network=network,
                        membership=membership, loss=loss, crash_kind=crash_kind, convergence_bound_s=convergence_bound_s,
-                       false_death_bound_s=false_death_bound_s, codec=codec)
+                       false_death_bound_s=false_death_bound_s, codec=codec, services=services, state_keys=state_keys,
+                       state_writes=state_writes, state_bound_s=state_bound_s)
         from agentnode.profiles import profile_named
 
         profile_named(membership)
@@ -123,6 +139,11 @@ def _print_human(figures: dict) -> None:
             value = (f"p50 {value['p50']}  p99 {value['p99']}  max {value['max']}  "
                      f"({value['reached']}/{value['observers']} observers)")
         out.write(f"  {label:45s} {value}\n")
+    state = figures.get("state")
+    if isinstance(state, dict):
+        for key, label in _STATE_SHOWN:
+            if key in state:
+                out.write(f"  {label:45s} {state[key]}\n")
     if figures.get("report_files"):
         out.write(f"  report: {', '.join(figures['report_files'])}\n")
     out.write(f"  replay: {figures['replay']}\n")

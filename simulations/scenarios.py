@@ -54,6 +54,15 @@ class RunSpec:
     false_death_bound_s: float = 30.0
     """A healthy node may look suspect/dead to a healthy peer at most this long (invariant)."""
     codec: str = "msgpack"
+    services: str = ""
+    """Service cores beside membership, comma-separated: "state" (CRDT replication with a write
+    workload and the crdt-converged invariant). Scenarios named state-* switch "state" on."""
+    state_keys: int = 100
+    """Keys the state workload writes (types cycle pncounter, orset, lwwmap)."""
+    state_writes: int = 500
+    """Local-consistency updates the state workload makes, spread over its window."""
+    state_bound_s: float = 10.0
+    """Replicas must converge this long after the last write, fault and membership convergence."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= NODES_MAX:
@@ -70,6 +79,19 @@ class RunSpec:
             raise ValueError("loss must be within 0..1 (exclusive of 1)")
         if self.crash_kind not in ("host", "process"):
             raise ValueError("crash_kind must be 'host' or 'process'")
+        for name in self.service_names:
+            if name not in SERVICES:
+                raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+        if self.state_keys < 1 or self.state_writes < 0 or self.state_bound_s <= 0:
+            raise ValueError("state_keys must be >= 1, state_writes >= 0 and state_bound_s > 0")
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """Services this run enables (scenario defaults included), in canonical order."""
+        names = {n.strip() for n in self.services.split(",") if n.strip()}
+        if self.scenario.startswith("state-"):
+            names.add("state")
+        return tuple(sorted(names))
 
     @property
     def duration_ms(self) -> int:
@@ -83,7 +105,9 @@ class RunSpec:
         defaults = RunSpec(nodes=1, seed=0, scenario="steady")
         for name, flag in (("network", "--network"), ("membership", "--membership"), ("loss", "--loss"),
                            ("crash_kind", "--crash-kind"), ("convergence_bound_s", "--convergence-bound-s"),
-                           ("false_death_bound_s", "--false-death-bound-s"), ("codec", "--codec")):
+                           ("false_death_bound_s", "--false-death-bound-s"), ("codec", "--codec"),
+                           ("services", "--services"), ("state_keys", "--state-keys"),
+                           ("state_writes", "--state-writes"), ("state_bound_s", "--state-bound-s")):
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
@@ -99,6 +123,8 @@ class Timeline:
     """(label, subject node, states, since_ms)."""
     marks: dict[str, int] = field(default_factory=dict)
     """Named moments the figures refer to: "joined" (last initial start), "crash", "heal", ..."""
+    services: dict[str, Any] = field(default_factory=dict)
+    """What the service layer attached (simulations/service_setup.py): logs and invariants, by name."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +178,18 @@ def build(spec: RunSpec, core_factory: CoreFactory | None = None) -> tuple[World
                          sample_interval_ms=sample_ms)
     invariants = default_invariants(convergence_bound_ms=int(spec.convergence_bound_s * 1000),
                                     false_death_bound_ms=int(spec.false_death_bound_s * 1000))
-    world = World(config, core_factory or default_core_factory(spec.membership), plan=timeline.plan,
-                  invariants=invariants, replay_command=spec.replay_command())
+    factory = core_factory or default_core_factory(spec.membership)
+    setup = None
+    if spec.service_names:
+        from agentnode.simulations.service_setup import ServiceSetup
+
+        setup = ServiceSetup(spec, timeline, cluster=CLUSTER_NAME)
+        factory = setup.wrap(factory)
+    world = World(config, factory, plan=timeline.plan, invariants=invariants, replay_command=spec.replay_command())
     for label, subject, states, since in timeline.watches:
         world.watch(label, subject, states, since)
+    if setup is not None:
+        setup.attach(world)
     return world, timeline
 
 
@@ -167,6 +201,9 @@ def run(spec: RunSpec, *, core_factory: CoreFactory | None = None,
     if violation is None:
         violation = world.finish()
     figures = compute_figures(world, timeline, spec.duration_ms)
+    setup = timeline.services.get("setup")
+    if setup is not None:
+        figures.update(setup.figures(world))
     return SimulationResult(spec, world.trace.hexdigest(), violation, figures, world, timeline)
 
 
@@ -262,6 +299,22 @@ def _swarm(spec: RunSpec, rng: random.Random, t: Timeline) -> None:
     t.marks["swarm_end"] = end
 
 
+def _state_partition(spec: RunSpec, rng: random.Random, t: Timeline) -> None:
+    """partition-heal with the state service: both halves keep writing during the split (issue 6)."""
+    _partition_heal(spec, rng, t)
+
+
+def _state_reconverge(spec: RunSpec, rng: random.Random, t: Timeline) -> None:
+    """Issue 6's figure: a cluster holding --state-keys keys splits in two halves for 60 s, both
+    halves increment counters, then it heals; how long until every replica is equal again."""
+    from agentnode.simulations.service_setup import reconverge_timeline
+
+    reconverge_timeline(spec, t)
+
+
+SERVICES = ("state",)
+"""Service names `RunSpec.services` accepts."""
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s for s in (
         Scenario("steady", "everyone joins, one late joiner at half time (dissemination probe)", 60.0, _steady),
@@ -271,5 +324,9 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("churn", "nodes crash/leave and return, with or without data, until 60% of the run", 90.0, _churn),
         Scenario("mass-restart", "half the cluster crashes at once and restarts within 10 s", 80.0, _mass_restart),
         Scenario("swarm", "the seed picks pauses, clogs, drift, dup/reorder, one-way partitions, crashes", 90.0, _swarm),
+        Scenario("state-partition", "partition-heal with CRDT state: writes on both halves, replicas must re-converge",
+                 80.0, _state_partition),
+        Scenario("state-reconverge", "issue-6 benchmark: preloaded keys, 60 s split with writes, time to re-converge",
+                 100.0, _state_reconverge),
     )
 }

@@ -1,0 +1,122 @@
+"""Invariants over the service cores, checked by the world like the membership ones.
+
+`CrdtConverged` (issue 6): once the last write is made, faults have stopped and membership has
+converged, every live replica holds the same state of every key within `bound_ms`. It compares
+replica root digests (the replicator's own 128-bit summary of all keys), and names differing keys
+and values when it fails.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from agentnode.simulations.workloads import StateLog
+
+if TYPE_CHECKING:
+    from agentnode.simulations.world import World
+
+__sans_io__ = True
+
+__all__ = ["CrdtConverged", "live_replicas"]
+
+DETAILS_MAX = 5
+"""How many differing keys a violation message names."""
+SETTLED_SCAN_MS = 1_000
+"""Once converged for the current quiet period, replicas are re-compared this often (not every check)."""
+
+
+def live_replicas(world: World) -> list[tuple[int, Any]]:
+    """(node index, Replicator) of every healthy node running a state service."""
+    out = []
+    for node in world.nodes:
+        if node.healthy and node.core is not None:
+            replicator = getattr(node.core, "replicator", None)
+            if replicator is not None:
+                out.append((node.index, replicator))
+    return out
+
+
+class CrdtConverged:
+    """All live replicas equal within `bound_ms` of the latest of: the last write, the last fault,
+    membership convergence. Counting from membership convergence is deliberate: replication learns
+    its peers from membership (member_up), so it cannot beat it; membership has its own bound."""
+
+    name = "crdt-converged"
+
+    def __init__(self, bound_ms: int, log: StateLog, *, meter: Callable[[], int] | None = None) -> None:
+        if bound_ms <= 0:
+            raise ValueError("bound_ms must be positive")
+        self.bound_ms = bound_ms
+        self.log = log
+        self.converged_log: list[tuple[int, int, int]] = []
+        """(since, converged at, replicas) for every quiet period in which the replicas converged."""
+        self.meter = meter
+        self.bytes_log: list[int] = []
+        """`meter()` (service bytes sent so far) at each entry of `converged_log`."""
+        self._since = -1
+        self._settled = False
+        self._next_scan_ms = 0
+
+    def since_ms(self, world: World) -> int | None:
+        """When the current convergence clock started, or None while faults or membership are unsettled."""
+        if not world.quiet or world.converged_at_ms is None:
+            return None
+        return max(self.log.last_write_ms, world.quiet_since_ms, world.converged_at_ms)
+
+    def check(self, world: World, now_ms: int, final: bool) -> str | None:
+        since = self.since_ms(world)
+        if since is None:
+            self._since = -1
+            return None
+        if since != self._since:
+            self._since = since
+            self._settled = False
+        if self._settled and now_ms < self._next_scan_ms and not final:
+            return None
+        replicas = live_replicas(world)
+        digests = {r.root_digest() for _, r in replicas}
+        if len(digests) <= 1:
+            if not self._settled:
+                self._settled = True
+                self.converged_log.append((since, now_ms, len(replicas)))
+                self.bytes_log.append(self.meter() if self.meter is not None else 0)
+            self._next_scan_ms = now_ms + SETTLED_SCAN_MS
+            return None
+        if self._settled:
+            # Diverged again with no write and no fault: that is a replication bug too; give it the bound.
+            self._settled = False
+            self._since = since = now_ms
+        if now_ms - since <= self.bound_ms:
+            return None
+        return (f"{len(replicas)} live replicas hold {len(digests)} different states {now_ms - since} ms after "
+                f"the last write/fault/membership convergence at {since} ms (bound {self.bound_ms} ms): "
+                + "; ".join(_differences(world, replicas)))
+
+
+def _differences(world: World, replicas: list[tuple[int, Any]]) -> list[str]:
+    keys: set[str] = set()
+    for _, r in replicas:
+        keys.update(r.store.keys())
+        keys.update(r.store.tombstones())
+    found = []
+    for key in sorted(keys):
+        values: dict[str, list[str]] = {}
+        for index, r in replicas:
+            values.setdefault(repr(_plain(r.value(key))), []).append(world.nodes[index].node_id)
+        if len(values) > 1:
+            parts = [f"{v} on {len(ids)} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+                     for v, ids in sorted(values.items())]
+            found.append(f"key {key!r}: " + " vs ".join(parts))
+            if len(found) >= DETAILS_MAX:
+                break
+    if not found:
+        found.append("values agree but replica digests differ (causal metadata or tombstones)")
+    return found
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    if isinstance(value, dict):
+        return sorted(value.items(), key=repr)
+    return value
