@@ -183,6 +183,12 @@ class Connection:
         handler = manager._handler
         peer_id = self.peer_id
         delivered = len(frames)
+        # Replies to this peer made while its frames are handled are written when they all are,
+        # in this callback, instead of a loop turn later (request/response latency, e.g. a Raft
+        # acknowledgement); the flag keeps `send` from also scheduling that flush.
+        reply_now = not self._flush_scheduled and self.peer.conn is self
+        if reply_now:
+            self._flush_scheduled = True
         for index, frame in enumerate(frames):
             if type(frame) is ControlFrame:
                 delivered -= 1
@@ -196,6 +202,8 @@ class Connection:
             except Exception:
                 logger.exception("frame handler failed on a frame from %s", peer_id)
         manager._frames_received += delivered
+        if reply_now:
+            self._flush()
 
     def pause_writing(self) -> None:
         self.paused = True
