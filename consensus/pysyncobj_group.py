@@ -417,6 +417,7 @@ class PySyncObjGroup:
             nodeClass=Node, transportClass=make_transport,
         )
         assert self._syncobj._methodToID == {"apply_entry_v0": 0}, "raft_codec assumes one replicated method"
+        _unplug_wakeups(self._syncobj)
         assert self._transport is not None
         self._transport.connect_known()
         self.link.set_receiver(self._on_frame)
@@ -604,11 +605,16 @@ class PySyncObjGroup:
         return True
 
     def _submit_soon(self) -> None:
-        """Hand the queued proposals to pysyncobj in the next loop turn: the leader appends and
-        sends them, a follower forwards them. Only that part of the tick runs (the rest of the
-        tick has nothing new to do because of a proposal); all proposals of one turn go together."""
+        """Hand the queued proposals to pysyncobj: the leader appends and sends them, a follower
+        forwards them. Only that part of the tick runs (the rest of the tick has nothing new to do
+        because of a proposal). A proposal with nothing else in flight goes at once (one write
+        after another: no loop turn before the entries leave); otherwise all proposals of one
+        loop turn go together in the next one, as one append_entries per voter."""
         if self._submit_handle is None and self._loop is not None:
-            self._submit_handle = self._loop.call_soon(self._on_submit)
+            if len(self._pending) <= 1:
+                self._on_submit()
+            else:
+                self._submit_handle = self._loop.call_soon(self._on_submit)
 
     def _on_submit(self) -> None:
         self._submit_handle = None
@@ -788,6 +794,36 @@ class PySyncObjGroup:
             raise SnapshotError(f"dump {path}: bad voter list")
         self.state.restore(doc["state"])  # raises SnapshotError and keeps the old state if invalid
         return entries[0], entries[1], [Node(v) for v in voters]
+
+
+class _NoPoller:
+    """pysyncobj's poller with nothing to poll: the link opens no socket, so its `poll(0)` at the
+    end of every tick was a system call that could never report anything."""
+
+    def subscribe(self, descr: Any, callback: Any, event_mask: int) -> None:
+        pass
+
+    def unsubscribe(self, descr: Any) -> None:
+        pass
+
+    def poll(self, timeout: float) -> None:
+        pass
+
+
+class _NoNotifier:
+    """pysyncobj's pipe notifier wakes its tick thread after each proposal (a pipe write, then a
+    poll and a read at the next tick); with autoTick=False the owner ticks, so nothing is woken."""
+
+    def notify(self) -> None:
+        pass
+
+
+def _unplug_wakeups(syncobj: Any) -> None:
+    """Replace pysyncobj's poller and pipe notifier (three system calls per proposal, one per tick)."""
+    _close_pipe_notifier(syncobj)
+    if getattr(syncobj, "_SyncObj__pipeNotifier", None) is not None:
+        syncobj._SyncObj__pipeNotifier = _NoNotifier()
+    syncobj._poller = _NoPoller()
 
 
 def _close_pipe_notifier(syncobj: Any) -> None:

@@ -722,7 +722,8 @@ class RaftService:
             async with semaphore:
                 await self.kv_put("__bench__", value)
 
-        await asyncio.gather(*(one() for _ in range(count)))
+        if a.get("pipelined", True):
+            await asyncio.gather(*(one() for _ in range(count)))
         pipelined_s = clock() - start
         return {"sequential_s": latencies, "pipelined_s": pipelined_s, "count": count, "concurrency": concurrency,
                 "voter": self.is_voter, "role": self._local_status()["role"]}
