@@ -43,6 +43,7 @@ def join(
     profile: str = typer.Option("lan", "--profile", help="Membership timing: lan, or local for one machine."),
     meta: list[str] = typer.Option([], "--meta", help="KEY=VALUE tag gossiped with this node; repeatable."),
     metrics: str = typer.Option(None, "--metrics", help="Serve Prometheus metrics on HOST:PORT (GET /metrics); off by default."),
+    a2a: str = typer.Option(None, "--a2a", help="Serve the A2A gateway on HOST:PORT: any A2A client reaches any agent of the mesh here; off by default."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
 ) -> None:
     from agentnode.config import NodeConfig
@@ -73,6 +74,7 @@ def join(
             profile=profile,
             metadata=metadata,
             metrics=metrics,
+            a2a=a2a,
         )
         _run(config)
 
@@ -87,6 +89,8 @@ def _run(config: Any) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: loop.create_task(node.leave()))
         print(f"node {node.node_id} listening on {node.address} (cluster {config.cluster})", flush=True)
+        if node.a2a_url:
+            print(f"A2A gateway on {node.a2a_url} (agent cards: {node.a2a_url}/agents)", flush=True)
         await node.wait_stopped()
         logging.getLogger("agentnode.node").info("node %s stopped", node.node_id)
 

@@ -25,10 +25,12 @@ def up(
     keep: bool = typer.Option(False, "--keep", help="Keep the data directories after stopping (their path is printed)."),
     duration_s: float = typer.Option(0.0, "--duration-s", help="Stop by itself after this many seconds (0: run until Ctrl-C)."),
     demo_agents: bool = typer.Option(True, "--demo-agents/--no-demo-agents", help="Run the demo agents (echo, counter, listener, sink) on every node."),
+    a2a: bool = typer.Option(True, "--a2a/--no-a2a", help="Every node serves the A2A gateway on a free loopback port."),
 ) -> None:
     from agentnode.local_cluster import LocalCluster
 
-    cluster = LocalCluster(nodes, transport=transport, mdns=mdns, keep=keep, extra_args=["--demo-agents"] if demo_agents else [])
+    extra = (["--demo-agents"] if demo_agents else []) + (["--a2a", "127.0.0.1:0"] if a2a else [])
+    cluster = LocalCluster(nodes, transport=transport, mdns=mdns, keep=keep, extra_args=extra)
     console.print(f"starting {nodes} nodes in cluster [bold]{cluster.cluster}[/bold] under {cluster.root}")
     try:
         cluster.start()
@@ -42,6 +44,13 @@ def up(
         console.print(f"  agentnode request --capability echo hello --data-dir {cluster.nodes[0].data_dir}")
         console.print(f"  agentnode subscribe demo --data-dir {cluster.nodes[0].data_dir}   # then: agentnode publish demo hi")
         console.print(f"  (each node's demo ticker asks an echo agent every 2 s: see {cluster.nodes[0].log_path})")
+    if a2a:
+        try:
+            url = cluster.nodes[0].call("status").get("a2a")
+        except Exception:  # noqa: BLE001 - the table below shows the node's state anyway
+            url = None
+        if url:
+            console.print(f"  A2A: any A2A client reaches every agent through {url} (cards: curl {url}/agents)")
     console.print("press Ctrl-C to stop all nodes")
     deadline = time.monotonic() + duration_s if duration_s > 0 else None
     try:

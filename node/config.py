@@ -55,8 +55,10 @@ class NodeConfig(BaseModel):
     """Seed for the node's protocol randomness; None draws one from the OS."""
     metrics: Address | None = None
     """Serve Prometheus metrics on this HOST:PORT (`GET /metrics`); off by default."""
+    a2a: Address | None = None
+    """Serve the A2A gateway on this HOST:PORT (agent cards + JSON-RPC/REST; docs/a2a.md); off by default."""
 
-    @field_validator("listen", "advertise", "metrics", mode="before")
+    @field_validator("listen", "advertise", "metrics", "a2a", mode="before")
     @classmethod
     def _parse_address(cls, value: object) -> object:
         if isinstance(value, str):

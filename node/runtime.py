@@ -78,6 +78,7 @@ class Node(AgentAPI):
         self._started_at = 0.0
         self._channels: dict[int, FrameHandler] = {}
         self._metrics: Any = None
+        self._gateway: Any = None
         self._member_listeners: list[Callable[[ev.NodeEvent], None]] = []
         self.raft: Any = None
         """The Raft service (`agentnode.raft.RaftService`) once started: critical state, kv, locks, roster."""
@@ -159,6 +160,11 @@ class Node(AgentAPI):
             self._metrics = MetricsServer(self, self.config.metrics)
             await self._metrics.start()
         await self._agent_service.start()
+        if self.config.a2a is not None:
+            from agentnode.gateway import A2AGateway
+
+            self._gateway = A2AGateway(self, self.config.a2a)
+            await self._gateway.start()
         self._started_at = self._loop.time()
         self._pump()
         log.info("node %s listening on %s (cluster %s, %s)", self.node_id, advertised, self.config.cluster, self.config.transport)
@@ -202,6 +208,11 @@ class Node(AgentAPI):
         return self.config.advertise or self._require_transport().listen_address
 
     @property
+    def a2a_url(self) -> str | None:
+        """The A2A gateway's base URL (the node's card is at `/.well-known/agent-card.json`), or None."""
+        return self._gateway.base_url if self._gateway is not None else None
+
+    @property
     def metrics_address(self) -> Address | None:
         """Where Prometheus metrics are served (the bound port when configured with 0), or None."""
         return self._metrics.address if self._metrics is not None else None
@@ -221,6 +232,7 @@ class Node(AgentAPI):
             "cluster": self.config.cluster,
             "address": str(self.address),
             "transport": self.config.transport,
+            "a2a": self.a2a_url,
             "profile": self.config.profile,
             "listen": str(self.config.listen),
             "bootstrap": [str(a) for a in self.config.bootstrap],
@@ -393,7 +405,7 @@ class Node(AgentAPI):
 
     async def _close_io(self) -> None:
         self.state.close()
-        for closer in (self.raft, self._metrics, self._control, self._discovery, self._transport):
+        for closer in (self._gateway, self.raft, self._metrics, self._control, self._discovery, self._transport):
             if closer is None:
                 continue
             try:
