@@ -162,7 +162,7 @@ class A2AGateway:
             *create_rest_routes(request_handler=handler, path_prefix=REST_PATH),
         ]
         app = Starlette(routes=routes)
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(app, log_level="warning", log_config=None, lifespan="off", access_log=False)  # keep the node's logging
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # the node owns signals
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]))
