@@ -67,8 +67,9 @@ def simulate(
     false_death_bound_s: float = typer.Option(30.0, "--false-death-bound-s", help="Invariant: a healthy node looks dead at most this long."),
     codec: str = typer.Option("msgpack", "--codec", help="msgpack (frames cross as bytes, as in production) or none."),
     cprofile: Optional[Path] = typer.Option(None, "--cprofile", help="Write a cProfile of the simulator loop to this file."),
-    services: str = typer.Option("", "--services", help="Service cores beside membership, comma-separated: state "
-                                 "(state-* scenarios switch it on)."),
+    services: str = typer.Option("", "--services", help="Service cores beside membership, comma-separated: state, "
+                                 "consensus (state-*/consensus-* scenarios switch theirs on)."),
+    consensus_voters: int = typer.Option(3, "--consensus-voters", help="Voters of the consensus stand-in (first k nodes)."),
     state_keys: int = typer.Option(100, "--state-keys", help="Keys the state workload writes."),
     state_writes: int = typer.Option(500, "--state-writes", help="Updates the state workload makes."),
     state_bound_s: float = typer.Option(10.0, "--state-bound-s", help="Invariant: replicas equal within this after "
@@ -80,7 +81,7 @@ def simulate(
         spec = RunSpec(nodes=nodes, seed=seed, scenario=scenario, duration_s=duration_s, network=network,
                        membership=membership, loss=loss, crash_kind=crash_kind, convergence_bound_s=convergence_bound_s,
                        false_death_bound_s=false_death_bound_s, codec=codec, services=services, state_keys=state_keys,
-                       state_writes=state_writes, state_bound_s=state_bound_s)
+                       state_writes=state_writes, state_bound_s=state_bound_s, consensus_voters=consensus_voters)
         from agentnode.profiles import profile_named
 
         profile_named(membership)
@@ -144,6 +145,12 @@ def _print_human(figures: dict) -> None:
         for key, label in _STATE_SHOWN:
             if key in state:
                 out.write(f"  {label:45s} {state[key]}\n")
+    consensus = figures.get("consensus")
+    if isinstance(consensus, dict):
+        out.write(f"  {'consensus: term / elections / commit index':45s} {consensus['term']} / {consensus['elections']} / "
+                  f"{consensus['commit_index']}\n")
+        out.write(f"  {'consensus: puts ok / refused (no quorum)':45s} {consensus['writes_ok']} / {consensus['writes_refused']}\n")
+        out.write(f"  {'consensus: name leases granted / refused':45s} {consensus['name_grants']} / {consensus['name_refusals']}\n")
     if figures.get("report_files"):
         out.write(f"  report: {', '.join(figures['report_files'])}\n")
     out.write(f"  replay: {figures['replay']}\n")

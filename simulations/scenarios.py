@@ -56,13 +56,17 @@ class RunSpec:
     codec: str = "msgpack"
     services: str = ""
     """Service cores beside membership, comma-separated: "state" (CRDT replication with a write
-    workload and the crdt-converged invariant). Scenarios named state-* switch "state" on."""
+    workload and the crdt-converged invariant), "consensus" (the Raft stand-in with put and name-lease
+    workloads; one-leader-per-term, name-lease-unique, consensus-writes-resume). Scenarios named
+    state-* / consensus-* switch their service on."""
     state_keys: int = 100
     """Keys the state workload writes (types cycle pncounter, orset, lwwmap)."""
     state_writes: int = 500
     """Local-consistency updates the state workload makes, spread over its window."""
     state_bound_s: float = 10.0
     """Replicas must converge this long after the last write, fault and membership convergence."""
+    consensus_voters: int = 3
+    """Voters of the consensus stand-in (service "consensus"): the first k nodes."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= NODES_MAX:
@@ -82,6 +86,8 @@ class RunSpec:
         for name in self.service_names:
             if name not in SERVICES:
                 raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+        if self.consensus_voters < 1:
+            raise ValueError("consensus_voters must be at least 1")
         if self.state_keys < 1 or self.state_writes < 0 or self.state_bound_s <= 0:
             raise ValueError("state_keys must be >= 1, state_writes >= 0 and state_bound_s > 0")
 
@@ -91,6 +97,8 @@ class RunSpec:
         names = {n.strip() for n in self.services.split(",") if n.strip()}
         if self.scenario.startswith("state-"):
             names.add("state")
+        if self.scenario.startswith("consensus-"):
+            names.add("consensus")
         return tuple(sorted(names))
 
     @property
@@ -107,7 +115,8 @@ class RunSpec:
                            ("crash_kind", "--crash-kind"), ("convergence_bound_s", "--convergence-bound-s"),
                            ("false_death_bound_s", "--false-death-bound-s"), ("codec", "--codec"),
                            ("services", "--services"), ("state_keys", "--state-keys"),
-                           ("state_writes", "--state-writes"), ("state_bound_s", "--state-bound-s")):
+                           ("state_writes", "--state-writes"), ("state_bound_s", "--state-bound-s"),
+                           ("consensus_voters", "--consensus-voters")):
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
@@ -312,7 +321,26 @@ def _state_reconverge(spec: RunSpec, rng: random.Random, t: Timeline) -> None:
     reconverge_timeline(spec, t)
 
 
-SERVICES = ("state",)
+def _consensus_faults(spec: RunSpec, rng: random.Random, t: Timeline) -> None:
+    """Voters under fire: the leader-to-be (node 0) is cut off alone, then a voter crashes and
+    restarts, then a random half/half split; puts and name leases run throughout."""
+    n = spec.nodes
+    step = max(5_000, (spec.duration_ms - t.marks["joined"]) // 8)
+    at = t.marks["joined"] + step
+    if n >= 2:
+        t.plan += [(at, f.Partition(((0,), tuple(range(1, n))))), (at + step, f.Heal())]
+    victim = 1 if n >= 2 else 0
+    t.plan += [(at + 2 * step, f.Crash(victim, "host")), (at + 3 * step, f.Restart(victim, True))]
+    nodes = list(range(n))
+    rng.shuffle(nodes)
+    half = n // 2
+    if half:
+        t.plan += [(at + 4 * step, f.Partition((tuple(sorted(nodes[:half])), tuple(sorted(nodes[half:]))))),
+                   (at + 5 * step, f.Heal())]
+    t.marks.update(voter_cut=at, voter_crash=at + 2 * step, split=at + 4 * step, heal=at + 5 * step)
+
+
+SERVICES = ("consensus", "state")
 """Service names `RunSpec.services` accepts."""
 
 SCENARIOS: dict[str, Scenario] = {
@@ -326,6 +354,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("swarm", "the seed picks pauses, clogs, drift, dup/reorder, one-way partitions, crashes", 90.0, _swarm),
         Scenario("state-partition", "partition-heal with CRDT state: writes on both halves, replicas must re-converge",
                  80.0, _state_partition),
+        Scenario("consensus-faults", "Raft stand-in: a voter cut off, a voter crash/restart, a half split; "
+                 "puts and name leases throughout", 80.0, _consensus_faults),
         Scenario("state-reconverge", "issue-6 benchmark: preloaded keys, 60 s split with writes, time to re-converge",
                  100.0, _state_reconverge),
     )

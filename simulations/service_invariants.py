@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from agentnode.simulations.workloads import StateLog
 
 if TYPE_CHECKING:
+    from agentnode.simulations.consensus_service import ConsensusService
     from agentnode.simulations.world import World
 
 __sans_io__ = True
 
-__all__ = ["CrdtConverged", "live_replicas"]
+__all__ = ["ConsensusWritesResume", "CrdtConverged", "NameLeaseUnique", "OneLeaderPerTerm", "live_replicas"]
 
 DETAILS_MAX = 5
 """How many differing keys a violation message names."""
@@ -120,3 +121,71 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return sorted(value.items(), key=repr)
     return value
+
+
+class OneLeaderPerTerm:
+    """At most one leader per term (Raft election safety, §5.2), as the voters report it: at every
+    check each running voter's status is read, and a term seen with two different leaders fails."""
+
+    name = "one-leader-per-term"
+
+    def __init__(self, service: ConsensusService) -> None:
+        self.service = service
+
+    def check(self, world: World, now_ms: int, final: bool) -> str | None:
+        service = self.service
+        seen = service.log.leaders_seen
+        for voter in service.voter_ids:
+            node = world.nodes[service.voter_index(voter)]
+            if not node.running:
+                continue
+            status = service.cluster.status(voter)
+            if status.role != "leader":
+                continue
+            other = seen.setdefault(status.term, voter)
+            if other != voter:
+                return (f"term {status.term} has two leaders: {other} and {voter} (elections so far: "
+                        f"{service.cluster.elections})")
+        return None
+
+
+class ConsensusWritesResume:
+    """Once faults stop (and membership converged), a write from a node that reaches a majority of
+    voters is never refused more than `bound_ms` later: the group re-forms and serves again."""
+
+    name = "consensus-writes-resume"
+
+    def __init__(self, bound_ms: int, service: ConsensusService) -> None:
+        if bound_ms <= 0:
+            raise ValueError("bound_ms must be positive")
+        self.bound_ms = bound_ms
+        self.service = service
+
+    def check(self, world: World, now_ms: int, final: bool) -> str | None:
+        if not world.quiet:
+            return None
+        deadline = world.quiet_since_ms + self.bound_ms
+        refused = self.service.log.last_refused_by_majority_side_ms
+        if refused > deadline:
+            return (f"a write from a node that reaches a majority of voters was refused at {refused} ms, over "
+                    f"{self.bound_ms} ms after the last fault at {world.quiet_since_ms} ms")
+        return None
+
+
+class NameLeaseUnique:
+    """No agent name is leased to two owners at once (the critical state's lease table, through
+    the consensus stand-in): a grant to a new owner before the previous owner's lease expired or
+    was released fails."""
+
+    name = "name-lease-unique"
+
+    def __init__(self, service: ConsensusService) -> None:
+        self.service = service
+
+    def check(self, world: World, now_ms: int, final: bool) -> str | None:
+        doubles = self.service.log.double_leases
+        if not doubles:
+            return None
+        held, grant = doubles[0]
+        return (f"name {grant.name!r} leased to {grant.owner} at {grant.granted_ms} ms while {held.owner} held it "
+                f"until {held.expires_ms} ms (lease epochs {held.epoch}, {grant.epoch}); {len(doubles)} such grant(s)")

@@ -10,7 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from agentnode.simulations import faults as f
-from agentnode.simulations.service_invariants import CrdtConverged, live_replicas
+from agentnode.simulations.consensus_service import ConsensusConfig, ConsensusService
+from agentnode.simulations.service_invariants import (
+    ConsensusWritesResume, CrdtConverged, NameLeaseUnique, OneLeaderPerTerm, live_replicas,
+)
 from agentnode.simulations.services import ServiceDisks, ServicesConfig, service_core_factory
 from agentnode.simulations.workloads import StateLog, StateWorkload, preload_states, schedule_state_workload
 from agentnode.simulations.world import CoreFactory, node_name
@@ -25,6 +28,9 @@ __all__ = ["PRELOADED_SCENARIOS", "ServiceSetup"]
 
 PRELOADED_SCENARIOS = ("state-reconverge",)
 """Scenarios whose nodes boot holding every key already (a cluster that has converged on its data)."""
+CONSENSUS_RESUME_BOUND_MS = 2_000
+"""Writes from the majority side must succeed again this long after the last fault (a real Raft
+group re-elects within a few election timeouts; the stand-in at once)."""
 WRITE_LEAD_MS = 1_000
 """The workload starts this long after the last initial node started (or the partition began)."""
 
@@ -40,6 +46,7 @@ class ServiceSetup:
         self.state_log = StateLog()
         self.crdt: CrdtConverged | None = None
         self.workload: StateWorkload | None = None
+        self.consensus: ConsensusService | None = None
         self._bytes_of_halted = 0
         self._bytes_at_heal: int | None = None
         names = spec.service_names
@@ -69,6 +76,14 @@ class ServiceSetup:
                     self._bytes_of_halted += getattr(node.core, "service_bytes", 0)
 
         world.fault_hooks.append(on_fault)
+        if "consensus" in self.spec.service_names:
+            start = self.timeline.marks["joined"] + WRITE_LEAD_MS
+            config = ConsensusConfig(voters=min(self.spec.consensus_voters, self.spec.nodes), start_ms=start,
+                                     end_ms=self.spec.duration_ms)
+            self.consensus = ConsensusService(world, config)
+            self.consensus.schedule()
+            world.invariants += [OneLeaderPerTerm(self.consensus), NameLeaseUnique(self.consensus),
+                                 ConsensusWritesResume(CONSENSUS_RESUME_BOUND_MS, self.consensus)]
         if self.workload is not None:
             schedule_state_workload(world, self.workload, self.state_log)
             self.crdt = CrdtConverged(int(self.spec.state_bound_s * 1000), self.state_log,
@@ -89,8 +104,15 @@ class ServiceSetup:
         return StateWorkload(keys=spec.state_keys, writes=spec.state_writes, start_ms=start, end_ms=end, types=types)
 
     def figures(self, world: World) -> dict[str, Any]:
-        if self.crdt is None:
-            return {}
+        out: dict[str, Any] = {}
+        if self.consensus is not None:
+            out["consensus"] = self.consensus.figures()
+        if self.crdt is not None:
+            out.update(self._state_figures(world))
+        return out
+
+    def _state_figures(self, world: World) -> dict[str, Any]:
+        assert self.crdt is not None
         log = self.state_log
         heal = self.timeline.marks.get("heal")
         out: dict[str, Any] = {
