@@ -17,7 +17,7 @@ from .errors import CodecError, CrdtError, CrdtUsageError, LimitExceededError
 from .maps import NESTABLE_TYPES, LWWMap, ORMap
 from .or_set import ORSet
 from .registers import LWWRegister, MVRegister
-from .store import Delta, GcReport, Repair, StateStore, StoreLimits, StoreStats
+from .store import Delta, GcReport, PruneMarker, Repair, StateStore, StoreLimits, StoreStats
 from .tombstone import Tombstone
 from .vector_clock import Ordering, ReplicaId, VectorClock
 
@@ -41,6 +41,7 @@ __all__ = [
     "ORSet",
     "Ordering",
     "PNCounter",
+    "PruneMarker",
     "ReplicaId",
     "Repair",
     "StateStore",

@@ -52,6 +52,27 @@ class Crdt:
         """True for the initial (empty) state."""
         raise NotImplementedError
 
+    # --- removed replicas (pruning; docs/crdt.md "Removed replicas", decision 0024) ---
+
+    def mentions(self, replica: str) -> bool:
+        """True if the state holds an entry of `replica` that pruning could remove (a slot, a dot)."""
+        return False
+
+    def strip(self, replica: str) -> None:
+        """Drop every entry of `replica`, in place (what a receiver does while a prune marker lives).
+
+        Only sound when the state being joined with carries `replica`'s effects under another id
+        (the owner's folded state); on its own it loses them.
+        """
+
+    def fold(self, removed: str, owner: str) -> None:
+        """Move `removed`'s effects under `owner`, in place, keeping `value()` unchanged.
+
+        Only the owner calls it, on its own replica's state, once `removed`'s operations are
+        causally stable; receivers strip `removed` and join the result (`strip` then `merge`).
+        Types without per-replica entries (LWW, tombstones) do nothing.
+        """
+
     def join(self: C, other: C) -> C:
         """A new state: the least upper bound of self and `other` (neither is changed)."""
         out = self.copy()

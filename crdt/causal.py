@@ -108,6 +108,16 @@ class CausalContext:
                 keep.add(dot)
         self._cloud = keep
 
+    def mentions(self, replica: ReplicaId) -> bool:
+        """True if any dot of `replica` has been seen."""
+        return replica in self._vv or any(d.replica == replica for d in self._cloud)
+
+    def strip(self, replica: ReplicaId) -> None:
+        """Forget every dot of `replica` (pruning a removed replica; see `Crdt.strip`)."""
+        self._vv.pop(replica, None)
+        if self._cloud:
+            self._cloud = {d for d in self._cloud if d.replica != replica}
+
     def copy(self) -> CausalContext:
         """An independent copy."""
         ctx = CausalContext()

@@ -60,6 +60,24 @@ class GCounter(Crdt):
     def is_bottom(self) -> bool:
         return not self._counts
 
+    def mentions(self, replica: str) -> bool:
+        return replica in self._counts
+
+    def strip(self, replica: str) -> None:
+        self._counts.pop(replica, None)
+
+    def fold(self, removed: str, owner: str) -> None:
+        """Add `removed`'s slot to `owner`'s (Akka `GCounter.prune`); only the owner may, once."""
+        checked_replica(owner)
+        n = self._counts.get(removed, 0)
+        if not n or removed == owner:
+            return
+        total = self._counts.get(owner, 0) + n
+        if total > INT_MAX:
+            raise CrdtUsageError(f"folding {removed!r} into {owner!r} would exceed {INT_MAX} (the msgpack int range)")
+        del self._counts[removed]
+        self._counts[owner] = total
+
     def slots(self) -> list[tuple[str, int]]:
         """(replica, count) in replica order."""
         return sorted(self._counts.items())
@@ -112,6 +130,19 @@ class PNCounter(Crdt):
 
     def is_bottom(self) -> bool:
         return self._p.is_bottom() and self._n.is_bottom()
+
+    def mentions(self, replica: str) -> bool:
+        return self._p.mentions(replica) or self._n.mentions(replica)
+
+    def strip(self, replica: str) -> None:
+        self._p.strip(replica)
+        self._n.strip(replica)
+
+    def fold(self, removed: str, owner: str) -> None:
+        p, n = self._p.copy(), self._n.copy()
+        p.fold(removed, owner)
+        n.fold(removed, owner)  # both checked before either half changes
+        self._p, self._n = p, n
 
     @property
     def increments(self) -> GCounter:

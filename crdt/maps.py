@@ -156,6 +156,21 @@ class ORMap(Crdt):
         """The causal context shared with nested values (do not mutate)."""
         return self._ctx
 
+    def mentions(self, replica: str) -> bool:
+        return self._ctx.mentions(replica)
+
+    def strip(self, replica: str) -> None:
+        self._store = self._store_strip(self._store, replica)
+        self._ctx.strip(replica)
+
+    def fold(self, removed: str, owner: str) -> None:
+        """Re-tag every nested dot of `removed` with a fresh `owner` dot, then forget `removed`."""
+        checked_replica(owner)
+        if removed == owner:
+            return
+        self._store = self._store_retag(self._store, removed, lambda: self._ctx.next_dot(owner))
+        self._ctx.strip(removed)
+
     def entries(self) -> list[tuple[Element, str, Any]]:
         """(key, type name, nested store) in order; the stores are live, do not mutate."""
         return [(k, t, self._store[(k, t)]) for k, t in sorted(self._store, key=lambda kt: (element_order(kt[0]), kt[1]))]
@@ -216,6 +231,22 @@ class ORMap(Crdt):
     @staticmethod
     def _store_touches(store: dict[EntryKey, Any], dots: set[Dot]) -> bool:
         return any(NESTABLE_TYPES[k[1]]._store_touches(child, dots) for k, child in store.items())
+
+    @staticmethod
+    def _store_strip(store: dict[EntryKey, Any], replica: str) -> dict[EntryKey, Any]:
+        out: dict[EntryKey, Any] = {}
+        for k, child in store.items():
+            kept = NESTABLE_TYPES[k[1]]._store_strip(child, replica)
+            if kept:
+                out[k] = kept
+        return out
+
+    @staticmethod
+    def _store_retag(store: dict[EntryKey, Any], replica: str, new_dot: Callable[[], Dot]) -> dict[EntryKey, Any]:
+        out: dict[EntryKey, Any] = {}
+        for k in sorted(store, key=lambda kt: (element_order(kt[0]), kt[1])):
+            out[k] = NESTABLE_TYPES[k[1]]._store_retag(store[k], replica, new_dot)
+        return out
 
     @staticmethod
     def _store_same(s1: dict[EntryKey, Any], s2: dict[EntryKey, Any]) -> bool:

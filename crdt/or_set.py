@@ -8,7 +8,7 @@ wins. No tombstones: the causal context remembers what was removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .base import Crdt, checked_element, checked_replica
@@ -104,6 +104,25 @@ class ORSet(Crdt):
         """The causal context (do not mutate)."""
         return self._ctx
 
+    def mentions(self, replica: str) -> bool:
+        return self._ctx.mentions(replica)  # every stored dot is in the context
+
+    def strip(self, replica: str) -> None:
+        self._store = self._store_strip(self._store, replica)
+        self._ctx.strip(replica)
+
+    def fold(self, removed: str, owner: str) -> None:
+        """Re-add each element `removed` holds a dot for under a fresh `owner` dot, then forget `removed`.
+
+        Akka `ORSet.prune` does the same: the re-add is an add by the owner, so an element present
+        stays present; a remove concurrent with the fold loses to it (add wins), as with any add.
+        """
+        checked_replica(owner)
+        if removed == owner:
+            return
+        self._store = self._store_retag(self._store, removed, lambda: self._ctx.next_dot(owner))
+        self._ctx.strip(removed)
+
     def entries(self) -> list[tuple[Element, list[Dot]]]:
         """(element, its dots) in element order."""
         return [(e, sorted(self._store[e])) for e in self.elements()]
@@ -161,3 +180,24 @@ class ORSet(Crdt):
     @staticmethod
     def _store_touches(store: dict[Element, set[Dot]], dots: set[Dot]) -> bool:
         return any(not ds.isdisjoint(dots) for ds in store.values())
+
+    @staticmethod
+    def _store_strip(store: dict[Element, set[Dot]], replica: str) -> dict[Element, set[Dot]]:
+        out: dict[Element, set[Dot]] = {}
+        for e, ds in store.items():
+            kept = {d for d in ds if d.replica != replica}
+            if kept:
+                out[e] = kept
+        return out
+
+    @staticmethod
+    def _store_retag(store: dict[Element, set[Dot]], replica: str, new_dot: Callable[[], Dot]) -> dict[Element, set[Dot]]:
+        """Each element holding a dot of `replica` gets one `new_dot()` instead (elements in order)."""
+        out: dict[Element, set[Dot]] = {}
+        for e in sorted(store, key=element_order):
+            ds = store[e]
+            kept = {d for d in ds if d.replica != replica}
+            if len(kept) != len(ds):
+                kept.add(new_dot())
+            out[e] = kept
+        return out

@@ -12,7 +12,7 @@ replaces every value it has seen; concurrent writes are all kept until a later w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .base import Crdt, checked_replica, checked_timestamp, checked_value
@@ -161,6 +161,21 @@ class MVRegister(Crdt):
         """The causal context (do not mutate)."""
         return self._ctx
 
+    def mentions(self, replica: str) -> bool:
+        return self._ctx.mentions(replica)
+
+    def strip(self, replica: str) -> None:
+        self._store = self._store_strip(self._store, replica)
+        self._ctx.strip(replica)
+
+    def fold(self, removed: str, owner: str) -> None:
+        """Keep each value `removed` wrote under a fresh `owner` dot, then forget `removed`."""
+        checked_replica(owner)
+        if removed == owner:
+            return
+        self._store = self._store_retag(self._store, removed, lambda: self._ctx.next_dot(owner))
+        self._ctx.strip(removed)
+
     def entries(self) -> list[tuple[Dot, Any]]:
         """(dot, value) in dot order."""
         return sorted(self._store.items(), key=lambda item: item[0])
@@ -203,6 +218,18 @@ class MVRegister(Crdt):
     @staticmethod
     def _store_touches(store: dict[Dot, Any], dots: set[Dot]) -> bool:
         return not dots.isdisjoint(store.keys())
+
+    @staticmethod
+    def _store_strip(store: dict[Dot, Any], replica: str) -> dict[Dot, Any]:
+        return {d: v for d, v in store.items() if d.replica != replica}
+
+    @staticmethod
+    def _store_retag(store: dict[Dot, Any], replica: str, new_dot: Callable[[], Dot]) -> dict[Dot, Any]:
+        """Values under a dot of `replica` move to `new_dot()` (dots in order)."""
+        out: dict[Dot, Any] = {}
+        for d in sorted(store):
+            out[new_dot() if d.replica == replica else d] = store[d]
+        return out
 
 
 def _same_fun(f1: dict[Dot, Any], f2: dict[Dot, Any]) -> bool:

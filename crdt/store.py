@@ -35,7 +35,7 @@ from .tombstone import Tombstone
 from .values import check_plain
 from .vector_clock import ReplicaId, VectorClock
 
-__all__ = ["Delta", "GcReport", "Repair", "StateStore", "StoreLimits", "StoreStats"]
+__all__ = ["Delta", "GcReport", "PruneMarker", "Repair", "StateStore", "StoreLimits", "StoreStats", "markers_from_wire", "markers_to_wire"]
 
 BUCKETS_DEFAULT = 64
 """Digest buckets: 64 x 16 bytes = 1 KiB summarises the whole store in one gossip message."""
@@ -64,6 +64,64 @@ class StoreLimits:
                 raise ValueError(f"StoreLimits.{name} must be a positive int, got {getattr(self, name)!r}")
 
 
+PRUNE_MARKERS_MAX = 64
+"""Prune markers one key may carry at once (removed replicas being folded at the same time); more
+is a peer's garbage. Markers live only until every member has seen the fold (decision 0024)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PruneMarker:
+    """`removed`'s entries of a key were folded into `owner`'s by the owner's store event `counter`.
+
+    While a key holds the marker, every state joined into it is stripped of `removed` first, so a
+    replica that has not folded yet cannot bring the removed entries back (Akka `PruningPerformed`).
+    """
+
+    removed: ReplicaId
+    owner: ReplicaId
+    counter: int
+    """The owner's store-level event that folded the key: `Dot(owner, counter)`."""
+
+    @property
+    def dot(self) -> Dot:
+        return Dot(self.owner, self.counter)
+
+
+def markers_to_wire(markers: Iterable[PruneMarker]) -> list[Any]:
+    """`[removed, owner, counter, ...]` in marker order."""
+    flat: list[Any] = []
+    for m in sorted(markers):
+        flat.extend((m.removed, m.owner, m.counter))
+    return flat
+
+
+def markers_from_wire(value: object, limits: WireLimits = DEFAULT_LIMITS) -> tuple[PruneMarker, ...]:
+    """Decode markers; raise `CodecError` on anything malformed."""
+    if type(value) is not list or len(value) % 3 or len(value) // 3 > PRUNE_MARKERS_MAX:
+        raise CodecError(f"prune markers must be a flat [removed, owner, counter, ...] list of at most {PRUNE_MARKERS_MAX}")
+    out: dict[str, PruneMarker] = {}
+    for i in range(0, len(value), 3):
+        removed, owner, counter = value[i : i + 3]
+        for rid in (removed, owner):
+            if type(rid) is not str or not rid or len(rid) > limits.replica_id_bytes_max:
+                raise CodecError("prune marker replica ids must be non-empty short strings")
+        if removed == owner or removed in out:
+            raise CodecError("prune marker folds a replica into itself or names it twice")
+        if type(counter) is not int or not 1 <= counter < 2**63:
+            raise CodecError("prune marker counter must be an int >= 1")
+        out[removed] = PruneMarker(removed, owner, counter)
+    return tuple(sorted(out.values()))
+
+
+def _marker_wins(a: PruneMarker, b: PruneMarker) -> bool:
+    """Which of two markers for one removed replica a key keeps: the lower owner, then the later event.
+
+    Two owners folding one replica cannot happen when owners agree (decision 0024); the rule only
+    keeps replicas convergent if it ever did.
+    """
+    return (a.owner, -a.counter) < (b.owner, -b.counter)
+
+
 @dataclass(frozen=True, slots=True)
 class Delta:
     """One store-level change: `state` is a CRDT delta (or a Tombstone) for `key`."""
@@ -74,23 +132,29 @@ class Delta:
     """The store-level event id: origin replica and its event counter."""
     state: Crdt
     """The delta state; nobody mutates it after creation."""
+    pruned: tuple[PruneMarker, ...] = ()
+    """The key's prune markers when `state` is a pruned full state (receivers strip, then join)."""
 
     def to_wire(self, limits: WireLimits = DEFAULT_LIMITS) -> list[Any]:
-        """`[key, origin replica, counter, crdt wire value]`, msgpack-ready."""
-        return [self.key, self.dot.replica, self.dot.counter, to_wire(self.state, limits)]
+        """`[key, origin replica, counter, crdt wire value(, markers)]`, msgpack-ready."""
+        out = [self.key, self.dot.replica, self.dot.counter, to_wire(self.state, limits)]
+        if self.pruned:
+            out.append(markers_to_wire(self.pruned))
+        return out
 
     @classmethod
     def from_wire(cls, value: object, limits: WireLimits = DEFAULT_LIMITS) -> Delta:
         """Decode a peer's delta; raise `CodecError` on anything malformed."""
-        if type(value) is not list or len(value) != 4:
-            raise CodecError("delta must be [key, replica, counter, state]")
-        key, replica, counter, state = value
+        if type(value) is not list or len(value) not in (4, 5):
+            raise CodecError("delta must be [key, replica, counter, state(, markers)]")
+        key, replica, counter, state = value[:4]
         _check_wire_key(key)
         if type(replica) is not str or not replica or len(replica) > limits.replica_id_bytes_max:
             raise CodecError("delta origin must be a non-empty short string")
         if type(counter) is not int or not 1 <= counter < 2**63:
             raise CodecError("delta counter must be an int >= 1")
-        return cls(key, Dot(replica, counter), from_wire(state, limits))
+        pruned = markers_from_wire(value[4], limits) if len(value) == 5 else ()
+        return cls(key, Dot(replica, counter), from_wire(state, limits), pruned)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +167,11 @@ class Repair:
     """The sender's seen version vector when it built the repair."""
     complete: bool
     """True if `states` covers every key that differed, so the receiver may adopt `seen`."""
+    pruned: tuple[tuple[str, tuple[PruneMarker, ...]], ...] = ()
+    """(key, its prune markers) for the keys of `states` that have any, in key order."""
 
     def to_wire(self, limits: WireLimits = DEFAULT_LIMITS) -> list[Any]:
-        """`[[key, crdt wire, ...], [replica, counter, ...], complete]`, msgpack-ready."""
+        """`[[key, crdt wire, ...], [replica, counter, ...], complete(, [key, markers, ...])]`, msgpack-ready."""
         flat: list[Any] = []
         for key, state in self.states:
             flat.append(key)
@@ -113,14 +179,27 @@ class Repair:
         seen: list[Any] = []
         for replica, counter in self.seen.items():
             seen.extend((replica, counter))
-        return [flat, seen, self.complete]
+        out: list[Any] = [flat, seen, self.complete]
+        if self.pruned:
+            marks: list[Any] = []
+            for key, markers in self.pruned:
+                marks.extend((key, markers_to_wire(markers)))
+            out.append(marks)
+        return out
+
+    def markers_of(self, key: str) -> tuple[PruneMarker, ...]:
+        """The prune markers sent with `key`'s state (empty if none)."""
+        for k, markers in self.pruned:
+            if k == key:
+                return markers
+        return ()
 
     @classmethod
     def from_wire(cls, value: object, limits: WireLimits = DEFAULT_LIMITS) -> Repair:
         """Decode a peer's repair; raise `CodecError` on anything malformed."""
-        if type(value) is not list or len(value) != 3:
-            raise CodecError("repair must be [states, seen, complete]")
-        flat, seen_flat, complete = value
+        if type(value) is not list or len(value) not in (3, 4):
+            raise CodecError("repair must be [states, seen, complete(, markers)]")
+        flat, seen_flat, complete = value[:3]
         if type(flat) is not list or len(flat) % 2 or type(seen_flat) is not list or len(seen_flat) % 2:
             raise CodecError("repair states and seen must be flat pair lists")
         if type(complete) is not bool:
@@ -143,7 +222,16 @@ class Repair:
             if type(counter) is not int or not 1 <= counter < 2**63:
                 raise CodecError("repair seen vector counter must be an int >= 1")
             counters[replica] = counter
-        return cls(tuple(states), VectorClock._trusted(counters), complete)
+        pruned: list[tuple[str, tuple[PruneMarker, ...]]] = []
+        if len(value) == 4:
+            marks = value[3]
+            if type(marks) is not list or len(marks) % 2 or len(marks) // 2 > len(states):
+                raise CodecError("repair markers must be a flat [key, markers, ...] list, one per state at most")
+            for i in range(0, len(marks), 2):
+                if marks[i] not in keys:
+                    raise CodecError("repair markers name a key without a state")
+                pruned.append((marks[i], markers_from_wire(marks[i + 1], limits)))
+        return cls(tuple(states), VectorClock._trusted(counters), complete, tuple(sorted(pruned)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +257,11 @@ class StoreStats:
     rejected_over_limit: int = 0
     states_merged: int = 0
     tombstones_collected: int = 0
+    keys_pruned: int = 0
+    """Keys this replica folded as the owner of a removed replica."""
+    keys_stripped: int = 0
+    """Joins that stripped a removed replica's entries because of a prune marker."""
+    markers_collected: int = 0
 
 
 class StateStore:
@@ -183,6 +276,8 @@ class StateStore:
         self._digests: dict[str, bytes] = {}
         self._horizons: dict[str, VectorClock] = {}
         self._seen = CausalContext()
+        self._markers: dict[str, dict[ReplicaId, PruneMarker]] = {}
+        self._retired: dict[ReplicaId, None] = {}
         self._log: deque[tuple[int, Delta]] = deque()
         self._seq = 0
         self.stats = StoreStats()
@@ -298,7 +393,7 @@ class StateStore:
         if self._seen.contains(delta.dot):
             self.stats.duplicates_dropped += 1
             return False
-        self._join_into(delta.key, delta.state)
+        self._join_into(delta.key, delta.state, delta.pruned)
         self._seen.add(delta.dot)
         self._append_log(delta)
         self.stats.deltas_applied += 1
@@ -373,11 +468,11 @@ class StateStore:
         """Copies of the full states (or tombstones) of the held keys among `keys`, in key order."""
         return {k: self._entries[k].copy() for k in sorted(set(keys)) if k in self._entries}
 
-    def apply_state(self, key: str, state: Crdt) -> bool:
-        """Join a full state (or tombstone) from a repair; return True if the entry changed."""
+    def apply_state(self, key: str, state: Crdt, pruned: Iterable[PruneMarker] = ()) -> bool:
+        """Join a full state (or tombstone) from a repair, with its prune markers; True if the entry changed."""
         self._check_key(key)
         before = self._digests.get(key) or (self._digest_of(key) if key in self._entries else None)
-        self._join_into(key, state)
+        self._join_into(key, state, tuple(pruned))
         self.stats.states_merged += 1
         return self._digest_of(key) != before
 
@@ -389,7 +484,7 @@ class StateStore:
         """
         keys = [k for k in self.differing_keys(remote, within) if k in self._entries]
         states = tuple(self.state_for(keys).items())
-        return Repair(states, self.seen(), within is None)
+        return Repair(states, self.seen(), within is None, self.markers_for(keys))
 
     def apply_repair(self, repair: Repair) -> int:
         """Apply a peer's repair; return how many entries changed.
@@ -401,7 +496,7 @@ class StateStore:
         rejected = False
         for key, state in repair.states:
             try:
-                changed += self.apply_state(key, state)
+                changed += self.apply_state(key, state, repair.markers_of(key))
             except LimitExceededError:
                 rejected = True
         if repair.complete and not rejected:
@@ -444,6 +539,99 @@ class StateStore:
         self.stats.tombstones_collected += collected
         return GcReport(len(self.tombstones()), armed, collected)
 
+    # --- removed replicas (pruning; decision 0024, docs/crdt.md "Removed replicas") ---
+
+    def retire(self, replica: ReplicaId) -> None:
+        """Record that `replica` left for good: its entries may be folded (`prune`) and it never writes again."""
+        checked_replica(replica)
+        if replica == self._replica:
+            raise CrdtUsageError("a replica cannot retire itself; another member retires it")
+        self._retired[replica] = None
+
+    def retired(self) -> list[ReplicaId]:
+        """Replicas recorded as gone for good, sorted."""
+        return sorted(self._retired)
+
+    def keys_mentioning(self, replica: ReplicaId, limit: int | None = None) -> list[str]:
+        """Live keys whose state holds an entry of `replica` (a counter slot, a dot), sorted; at most `limit`."""
+        out: list[str] = []
+        for key in sorted(self._entries):
+            if self._entries[key].mentions(replica):
+                out.append(key)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    def markers(self, key: str) -> tuple[PruneMarker, ...]:
+        """The prune markers `key` holds (empty if none)."""
+        held = self._markers.get(key)
+        return tuple(sorted(held.values())) if held else ()
+
+    def markers_for(self, keys: Iterable[str]) -> tuple[tuple[str, tuple[PruneMarker, ...]], ...]:
+        """(key, markers) for the keys among `keys` that hold markers, in key order."""
+        return tuple((k, self.markers(k)) for k in sorted(set(keys)) if k in self._markers)
+
+    def marker_count(self) -> int:
+        """Prune markers held over all keys."""
+        return sum(len(m) for m in self._markers.values())
+
+    def prune(self, key: str, removed: ReplicaId) -> Delta | None:
+        """As the owner, fold `removed`'s entries of `key` into this replica's; return the delta to ship.
+
+        Call only when `removed` is retired and its operations are causally stable (every member
+        has seen its last event; the replicator checks). The delta is the key's full folded state
+        with the key's prune markers; receivers strip `removed` and join it in one step, so the
+        value never dips. None if the key does not mention `removed`. Raise `LimitExceededError`
+        if the folded state would exceed `value_bytes_max` (nothing changes).
+        """
+        self._check_key(key)
+        checked_replica(removed)
+        if removed == self._replica:
+            raise CrdtUsageError("a replica cannot prune itself")
+        entry = self._entries.get(key)
+        if entry is None or isinstance(entry, Tombstone) or not entry.mentions(removed):
+            return None
+        held = self._markers.get(key, {})
+        if removed not in held and len(held) >= PRUNE_MARKERS_MAX:
+            raise LimitExceededError("prune_markers_max", f"key {key!r:.60} already holds {PRUNE_MARKERS_MAX} prune markers")
+        target = entry.copy()
+        target.fold(removed, self._replica)
+        size = self._measure(key, target)
+        dot = self._seen.next_dot(self._replica)
+        self._retired.setdefault(removed, None)
+        markers = dict(held)
+        markers[removed] = PruneMarker(removed, self._replica, dot.counter)
+        self._commit(key, target, size)
+        self._markers[key] = markers
+        delta = Delta(key, dot, target.copy(), tuple(sorted(markers.values())))
+        self._append_log(delta)
+        self.stats.keys_pruned += 1
+        return delta
+
+    def collect_markers(self, member_seen: Mapping[ReplicaId, VectorClock]) -> list[str]:
+        """Drop prune markers every member has seen (the fold's dot is stable); return the keys changed.
+
+        `member_seen` is the same map as for `collect_garbage`. Once every member has applied the
+        fold, each has stripped the removed replica; a stale state mentioning it can then only come
+        from outside the roster (the hazard decision 0093 already names for tombstones).
+        """
+        stable = self.seen()
+        for vv in member_seen.values():
+            stable = stable.meet(vv)
+        changed: list[str] = []
+        for key in sorted(self._markers):
+            held = self._markers[key]
+            keep = {r: m for r, m in held.items() if not stable.covers_dot(m.owner, m.counter)}
+            if len(keep) != len(held):
+                self.stats.markers_collected += len(held) - len(keep)
+                if keep:
+                    self._markers[key] = keep
+                else:
+                    del self._markers[key]
+                self._digests.pop(key, None)
+                changed.append(key)
+        return changed
+
     # --- internals ---
 
     def _check_key(self, key: object) -> None:
@@ -466,41 +654,88 @@ class StateStore:
             )
         return size
 
-    def _join_into(self, key: str, state: Crdt) -> None:
-        """Join `state` into the entry at `key`, honouring limits and type precedence."""
+    def _join_into(self, key: str, state: Crdt, pruned: tuple[PruneMarker, ...] = ()) -> None:
+        """Join `state` into the entry at `key`, honouring limits, type precedence and prune markers.
+
+        With prune markers the strip and the join commit together (or not at all), so the value
+        never shows a removed replica's effects missing.
+        """
         entry = self._entries.get(key)
+        markers: dict[ReplicaId, PruneMarker] | None = None
+        stripped = False
+        if pruned or key in self._markers:
+            held = entry
+            entry, state, markers = self._strip_pruned(key, entry, state, pruned)
+            stripped = entry is not held
         if entry is None:
             self._check_room(key)
             self._commit(key, state.copy(), self._measure(key, state))
+        elif isinstance(entry, Tombstone) and not isinstance(state, Tombstone):
             return
-        if isinstance(entry, Tombstone) and not isinstance(state, Tombstone):
-            return
-        if type(entry) is type(state):
+        elif type(entry) is type(state):
             size = self._sizes.get(key, 0)
             extra = wire_size(state, self._limits.wire)
-            if size + extra > self._limits.value_bytes_max:
-                target = entry.copy()
+            if stripped or size + extra > self._limits.value_bytes_max:
+                target = entry if stripped else entry.copy()
                 target.merge(state)
                 self._commit(key, target, self._measure(key, target))
             else:
                 entry.merge(state)
                 self._commit(key, entry, size + extra)
-            return
-        if isinstance(state, Tombstone):
+        elif isinstance(state, Tombstone):
             self._commit(key, state.copy(), wire_size(state))
             return
-        # Two replicas created the key with different types: the greater type name wins everywhere.
-        self.stats.type_conflicts += 1
-        if state.TYPE_NAME > entry.TYPE_NAME:
-            self._commit(key, state.copy(), self._measure(key, state))
+        else:
+            # Two replicas created the key with different types: the greater type name wins everywhere.
+            self.stats.type_conflicts += 1
+            if state.TYPE_NAME > entry.TYPE_NAME:
+                self._commit(key, state.copy(), self._measure(key, state))
+            elif stripped:
+                self._commit(key, entry, self._measure(key, entry))
+        if markers is not None and not isinstance(self._entries[key], Tombstone):
+            for m in markers.values():
+                self._retired.setdefault(m.removed, None)
+            self._markers[key] = markers
+            self._digests.pop(key, None)
+
+    def _strip_pruned(
+        self, key: str, entry: Crdt | None, state: Crdt, pruned: tuple[PruneMarker, ...]
+    ) -> tuple[Crdt | None, Crdt, dict[ReplicaId, PruneMarker] | None]:
+        """Strip removed replicas named by the key's markers from `state` (and, for markers new here,
+        from a copy of the local entry); return (entry, state, the joined markers if they changed)."""
+        held = self._markers.get(key, {})
+        joined = dict(held)
+        for m in pruned:
+            cur = joined.get(m.removed)
+            if cur is None or _marker_wins(m, cur):
+                joined[m.removed] = m
+        if len(joined) > PRUNE_MARKERS_MAX:
+            raise LimitExceededError("prune_markers_max", f"key {key!r:.60} would hold over {PRUNE_MARKERS_MAX} prune markers")
+        fresh = [r for r in sorted(joined) if r not in held]
+        if entry is not None and not isinstance(entry, Tombstone) and any(entry.mentions(r) for r in fresh):
+            entry = entry.copy()
+            for r in fresh:
+                if entry.mentions(r):
+                    entry.strip(r)
+            self.stats.keys_stripped += 1
+        if not isinstance(state, Tombstone) and any(state.mentions(r) for r in joined):
+            state = state.copy()
+            for r in sorted(joined):
+                state.strip(r)
+            self.stats.keys_stripped += 1
+        changed = joined != held or (entry is not None and entry is not self._entries.get(key))
+        return entry, state, (joined if changed else None)
 
     def _commit(self, key: str, entry: Crdt, size: int) -> None:
+        if isinstance(entry, Tombstone):
+            self._markers.pop(key, None)  # the tombstone wins over any state: nothing left to strip
         self._entries[key] = entry
         self._sizes[key] = size
         self._digests.pop(key, None)
         self._horizons.pop(key, None)
 
     def _drop(self, key: str) -> None:
+        self._markers.pop(key, None)
         del self._entries[key]
         self._sizes.pop(key, None)
         self._digests.pop(key, None)
@@ -515,7 +750,11 @@ class StateStore:
     def _digest_of(self, key: str) -> bytes:
         d = self._digests.get(key)
         if d is None:
-            d = self._digests[key] = wire_digest(to_wire(self._entries[key], _UNBOUNDED))
+            wire = to_wire(self._entries[key], _UNBOUNDED)
+            held = self._markers.get(key)
+            if held:  # markers are part of the key's replicated state: replicas differing only there repair
+                wire = [wire, markers_to_wire(held.values())]
+            d = self._digests[key] = wire_digest(wire)
         return d
 
 

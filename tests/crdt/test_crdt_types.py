@@ -26,7 +26,7 @@ from agentnode.crdt import (
 def test_public_names_are_pinned() -> None:
     assert sorted(crdt.__all__) == sorted(
         """NESTABLE_TYPES WIRE_VERSION CausalContext CodecError Crdt CrdtError CrdtUsageError Delta Dot
-        GCounter GcReport LWWMap LWWRegister LimitExceededError MVRegister ORMap ORSet Ordering PNCounter
+        GCounter GcReport LWWMap LWWRegister LimitExceededError MVRegister ORMap ORSet Ordering PNCounter PruneMarker
         ReplicaId Repair StateStore StoreLimits StoreStats Tombstone VectorClock WireLimits digest
         from_wire register_type to_wire type_names wire_size""".split()
     )
