@@ -278,7 +278,7 @@ class SendQueueFull(Exception):
 # -- internal state -----------------------------------------------------------------------------------
 
 _QUEUED, _INFLIGHT, _DONE = 0, 1, 2
-_T_RETRY, _T_TTL, _T_REQUEST, _T_SWEEP = 0, 1, 2, 3
+_T_RETRY, _T_TTL, _T_REQUEST, _T_SWEEP, _T_CH_RETRY, _T_CH_TTL = 0, 1, 2, 3, 4, 5
 
 
 class _Msg:
@@ -309,7 +309,8 @@ class _Msg:
 
 
 class _SendChannel:
-    __slots__ = ("key", "session", "next_seq", "queue", "inflight", "last_ms", "progress_ms")
+    __slots__ = ("key", "session", "next_seq", "queue", "inflight", "last_ms", "progress_ms", "retry_at", "ttl_at",
+                 "expiries")
 
     def __init__(self, key: tuple[str, str, int], session: int, now_ms: int) -> None:
         self.key = key
@@ -320,6 +321,15 @@ class _SendChannel:
         self.last_ms = now_ms
         self.progress_ms = -(1 << 62)
         """When an ack last advanced this channel (RFC 6298 §5.3: restart the retransmission timer then)."""
+        self.retry_at: int | None = None
+        """The channel's one retransmission timer (RFC 6298 keeps one per connection; decision 0118): armed
+        for the earliest `retry_at` of its messages, which are scanned when it fires, not one heap entry each."""
+        self.ttl_at: int | None = None
+        """The channel's TTL timer, armed for the head of `expiries`."""
+        self.expiries: deque[_Msg] = deque()
+        """Messages with a TTL in expiry order (the usual case: one TTL per sender, so appends keep the
+        order); done heads are dropped as acks arrive. A message that would break the order gets a timer
+        of its own instead."""
 
     def floor(self) -> int:
         return next(iter(self.inflight)) if self.inflight else self.next_seq
@@ -521,7 +531,7 @@ class Delivery:
             m.channel = ch
             queue.append(m)
             if expires is not None:
-                self._push_timer(expires, _T_TTL, m)
+                self._track_expiry(ch, m)
             ids.append(msg_id)
         ch.last_ms = now_ms
         self._tracked += n
@@ -599,6 +609,12 @@ class Delivery:
                 self._on_ttl(key, now_ms)
             elif kind == _T_REQUEST:
                 self._on_request_deadline(key, due, now_ms)
+            elif kind == _T_CH_RETRY:
+                if key.retry_at == due:
+                    self._on_channel_retry(key, now_ms)
+            elif kind == _T_CH_TTL:
+                if key.ttl_at == due:
+                    self._on_channel_ttl(key, now_ms)
         if self._sweep_at is not None and now_ms >= self._sweep_at:
             self._sweep_at = None
             self._sweep(now_ms)
@@ -619,6 +635,19 @@ class Delivery:
                 pending = self._requests.get(key)
                 if pending is not None and pending.deadline_ms == due:
                     break
+            elif kind == _T_CH_RETRY:
+                if key.retry_at == due:
+                    if key.inflight:
+                        break
+                    key.retry_at = None  # everything acked: nothing to retry
+            elif kind == _T_CH_TTL:
+                if key.ttl_at == due:
+                    expiries = key.expiries
+                    while expiries and expiries[0].state == _DONE:
+                        expiries.popleft()
+                    if expiries:
+                        break
+                    key.ttl_at = None
             else:
                 break
             heapq.heappop(timers)
@@ -739,7 +768,7 @@ class Delivery:
         ch.last_ms = now_ms
         self._tracked += 1
         if m.expires_ms is not None:
-            self._push_timer(m.expires_ms, _T_TTL, m)
+            self._track_expiry(ch, m)
         self._pump_channel(ch, now_ms)
         return msg_id
 
@@ -758,9 +787,9 @@ class Delivery:
             if staged is None:
                 staged = self._staged[dest_node] = []
         jitter, uniform = c.jitter, self._rng.uniform
-        timers = self._timers
         session = ch.session
         sent = 0
+        first_due = None
         while queue and len(inflight) < window:
             m = queue.popleft()
             if m.state == _DONE:
@@ -773,15 +802,17 @@ class Delivery:
             rto = min(c.max_rto_ms, c.initial_rto_ms << min(m.attempts - 1, 30))
             if jitter:
                 rto = max(1, int(rto * (1.0 + uniform(-jitter, jitter))))
-            m.retry_at = now_ms + rto
-            self._timer_seq += 1
-            heapq.heappush(timers, (m.retry_at, self._timer_seq, _T_RETRY, m))
+            due = m.retry_at = now_ms + rto
+            if first_due is None or due < first_due:
+                first_due = due
             if staged is not None:
                 ttl = 0 if m.expires_ms is None else max(1, m.expires_ms - now_ms)
                 staged.append([session, seq, next(iter(inflight)), m.msg_id, m.kind, m.dest_agent, m.src_agent,
                                m.priority, ttl, m.flags, m.correlation, m.payload])
                 sent += 1
         self.counters["transmissions"] += sent
+        if first_due is not None and (ch.retry_at is None or first_due < ch.retry_at):
+            self._arm_retry(ch, first_due)
 
     def _transmit(self, m: _Msg, now_ms: int) -> None:
         m.attempts += 1
@@ -790,7 +821,7 @@ class Delivery:
         if c.jitter:
             rto = max(1, int(rto * (1.0 + self._rng.uniform(-c.jitter, c.jitter))))
         m.retry_at = now_ms + rto
-        self._push_timer(m.retry_at, _T_RETRY, m)
+        self._retry_timer(m)
         self._stage(m, now_ms)
 
     def _stage(self, m: _Msg, now_ms: int) -> None:
@@ -815,7 +846,7 @@ class Delivery:
             return
         if m.sacked:
             m.retry_at = now_ms + self.config.max_rto_ms
-            self._push_timer(m.retry_at, _T_RETRY, m)
+            self._retry_timer(m)
             return
         if not m.durable and not m.busy and m.attempts >= self.config.max_attempts:
             self._fail(m, NodeUnreachable, f"no acknowledgement after {m.attempts} attempts", now_ms)
@@ -827,10 +858,53 @@ class Delivery:
             resume = ch.progress_ms + min(self.config.max_rto_ms, self.config.initial_rto_ms << min(m.attempts - 1, 30))
             if resume > now_ms:
                 m.retry_at = resume
-                self._push_timer(resume, _T_RETRY, m)
+                self._retry_timer(m)
                 return
         self.counters["retransmissions"] += 1
         self._transmit(m, now_ms)
+
+    def _retry_timer(self, m: _Msg) -> None:
+        """Make sure a timer fires by `m.retry_at`: its channel's, or one of its own off a channel."""
+        ch = m.channel
+        if ch is None:
+            self._push_timer(m.retry_at, _T_RETRY, m)
+        elif ch.retry_at is None or m.retry_at < ch.retry_at:
+            self._arm_retry(ch, m.retry_at)
+
+    def _arm_retry(self, ch: _SendChannel, due: int) -> None:
+        ch.retry_at = due
+        self._push_timer(due, _T_CH_RETRY, ch)
+
+    def _on_channel_retry(self, ch: _SendChannel, now_ms: int) -> None:
+        """The channel timer fired: retry its messages that are due, then re-arm for the next one. A scan
+        of the window (at most `window` messages) about once per RTO, instead of a heap entry per message."""
+        ch.retry_at = None
+        for m in [m for m in ch.inflight.values() if m.retry_at <= now_ms]:
+            self._on_retry(m, m.retry_at, now_ms)
+        if ch.inflight:
+            due = min(m.retry_at for m in ch.inflight.values())
+            if ch.retry_at is None or due < ch.retry_at:
+                self._arm_retry(ch, due)
+
+    def _track_expiry(self, ch: _SendChannel, m: _Msg) -> None:
+        assert m.expires_ms is not None
+        expiries = ch.expiries
+        if expiries and m.expires_ms < expiries[-1].expires_ms:  # type: ignore[operator]
+            self._push_timer(m.expires_ms, _T_TTL, m)  # out of order: a timer of its own
+            return
+        expiries.append(m)
+        if ch.ttl_at is None:
+            ch.ttl_at = m.expires_ms
+            self._push_timer(m.expires_ms, _T_CH_TTL, ch)
+
+    def _on_channel_ttl(self, ch: _SendChannel, now_ms: int) -> None:
+        ch.ttl_at = None
+        expiries = ch.expiries
+        while expiries and (expiries[0].state == _DONE or expiries[0].expires_ms <= now_ms):  # type: ignore[operator]
+            self._on_ttl(expiries.popleft(), now_ms)
+        if expiries and ch.ttl_at is None:
+            ch.ttl_at = expiries[0].expires_ms
+            self._push_timer(ch.ttl_at, _T_CH_TTL, ch)  # type: ignore[arg-type]
 
     def _on_ttl(self, m: _Msg, now_ms: int) -> None:
         if m.state == _DONE or (m.state == _INFLIGHT and m.sacked):
@@ -907,6 +981,9 @@ class Delivery:
             if acked:
                 ch.progress_ms = now_ms
                 self.counters["delivered_acks"] += acked
+                expiries = ch.expiries
+                while expiries and expiries[0].state == _DONE:
+                    expiries.popleft()
             for seq in a.selective:
                 m = inflight.get(seq)
                 if m is not None:
