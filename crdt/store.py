@@ -548,6 +548,10 @@ class StateStore:
             raise CrdtUsageError("a replica cannot retire itself; another member retires it")
         self._retired[replica] = None
 
+    def is_retired(self, replica: ReplicaId) -> bool:
+        """True if `replica` was retired here or a prune marker named it."""
+        return replica in self._retired
+
     def retired(self) -> list[ReplicaId]:
         """Replicas recorded as gone for good, sorted."""
         return sorted(self._retired)

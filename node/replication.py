@@ -29,6 +29,12 @@ One `Replicator` per node wraps a `crdt.StateStore` and decides who gets what an
   every `gc_interval_ms`, when every roster member has reported, the store's two-phase rule runs
   (docs/state.md, "Garbage collection"). Members that left are dropped from the roster at once,
   failed ones after `forget_dead_after_ms`.
+- **Folding removed replicas** (decision 0024): a replica retired for good (`retire`, e.g. a
+  revoked node, or a failed member forgotten after `forget_dead_after_ms`) has its counter slots
+  and dots folded into one owner's: the lowest id of the roster, once every member claims that
+  same owner and the owner has seen every event of the retired replica any member reported. The
+  owner ships each folded key with a prune marker; receivers strip the retired replica and join in
+  one step; markers are collected once every member has seen the fold.
 
 Shape of a NodeCore: API calls, `receive(sender_id, frame, now_ms)`, `handle_timer(now_ms)`,
 `get_timer()`, `messages_to_send()`, `next_event()`; live peers come from `member_up`/`member_down`.
@@ -56,7 +62,7 @@ from agentnode.crdt import (
     to_wire,
     wire_size,
 )
-from agentnode.crdt.store import Repair
+from agentnode.crdt.store import PruneMarker, Repair, markers_from_wire, markers_to_wire
 from agentnode.messages import MAX_CLUSTER_CHARS, MAX_ID_CHARS, PROTOCOL_VERSION
 
 __sans_io__ = True
@@ -111,6 +117,9 @@ BUCKETS_MAX = 4096
 """Finest bucket level, kept incrementally; coarser power-of-two levels are folds of it."""
 BUCKET_DIGEST_BYTES = 8
 """Largest digest bucket count accepted from a peer."""
+CLAIMS_MAX = 64
+"""Retired replicas named in the owner claims a replica attaches to its acks and digests (the
+lowest ids first); more retired replicas than this are folded CLAIMS_MAX at a time."""
 FRAME_BYTES_TARGET = 256 * 1024
 """Estimated size at which a delta batch, key-digest list or repair is cut (frames are capped at
 1 MiB by the transport; a single value is at most 256 KiB, crdt StoreLimits.value_bytes_max)."""
@@ -222,11 +231,17 @@ class ReplicationConfig:
     are 24 h); until then it counts in majority/all and holds tombstone collection back."""
     default_timeout_ms: int = 5_000
     """Deadline of a read or write that waits for replicas, unless the call gives one."""
+    retire_forgotten: bool = True
+    """A failed member forgotten after `forget_dead_after_ms` is retired: its entries are folded and
+    its id is refused from then on (a node that comes back after that long must wipe its data
+    directory, which gives it a new identity; docs/state.md)."""
+    prune_keys_per_tick: int = 1_000
+    """Keys the owner folds per `gc_interval_ms` (each fold ships the key's full state once)."""
 
     def __post_init__(self) -> None:
         for name in ("delta_interval_ms", "ack_timeout_ms", "sync_stagger_ms", "window_deltas", "batch_deltas_max", "backlog_deltas_max",
                      "digest_interval_ms", "round_timeout_ms", "gc_interval_ms", "forget_dead_after_ms",
-                     "default_timeout_ms"):
+                     "default_timeout_ms", "prune_keys_per_tick"):
             if type(getattr(self, name)) is not int or getattr(self, name) < 1:
                 raise ValueError(f"ReplicationConfig.{name} must be a positive int, got {getattr(self, name)!r}")
         if not 1 <= self.digest_buckets_min <= BUCKETS_MAX or self.digest_buckets_min & (self.digest_buckets_min - 1):
@@ -245,7 +260,8 @@ class KeyChanged:
     key: str
     source: str
     """"local", "delta", "write" (a peer's write at a consistency level), "repair", "read" or "gc"
-    (a collected tombstone: the key is gone for good; nothing user-visible changed)."""
+    (a collected tombstone, a fold of a retired replica's entries or a collected prune marker:
+    nothing user-visible changed, the stored state did)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +363,7 @@ _COUNTERS = (
     "syncs_started", "rounds_started", "rounds_completed", "rounds_timed_out", "rounds_truncated", "states_repaired",
     "states_rejected_limit", "repairs_sent", "repair_states_sent", "writes_started", "writes_failed",
     "reads_started", "reads_failed", "tombstones_collected", "bucket_mismatch",
+    "replicas_retired", "keys_pruned", "prune_rejected_limit", "prune_waiting", "markers_collected", "dropped_retired",
 )
 
 
@@ -377,6 +394,8 @@ class Replicator:
         self._streams: dict[str, _Stream] = {}
         self._inbound: dict[str, _Inbound] = {}
         self._peer_seen: dict[str, VectorClock] = {}
+        self._peer_claims: dict[str, dict[str, str]] = {}
+        """Per member: retired replica -> the owner it named in the report that carried its seen vector."""
         self._rounds: dict[int, _Round] = {}
         self._sync_at: dict[str, int] = {}
         self._serving: dict[str, tuple[int, int, int]] = {}
@@ -404,6 +423,9 @@ class Replicator:
     def member_up(self, node_id: str, address: str, now_ms: int) -> None:
         """Membership says `node_id` is alive (joined, came back, or changed address)."""
         if node_id == self.node_id:
+            return
+        if self.store.is_retired(node_id):
+            self.counters["dropped_retired"] += 1  # folded away for good: it must come back under a new id
             return
         member = self._roster.get(node_id)
         if member is None:
@@ -442,6 +464,29 @@ class Replicator:
             self._forget(node_id)
         for request_id in sorted(self._requests):
             self._check_request(request_id, now_ms)
+
+    def retire(self, node_id: str, now_ms: int) -> None:
+        """The roster removed `node_id` for good (revoked, decommissioned): forget it and fold its entries.
+
+        Its frames are refused from then on and `member_up` ignores it. The fold itself happens
+        later, on the owner, once it is safe (module docstring; decision 0024).
+        """
+        if node_id == self.node_id:
+            raise ValueError("a node cannot retire itself; retire it from another member")
+        if node_id in self._roster:
+            self.member_down(node_id, now_ms, left=True)
+        if not self.store.is_retired(node_id):
+            self.store.retire(node_id)
+            self.counters["replicas_retired"] += 1
+        self._arm_periodic(now_ms)
+
+    def retired(self) -> list[str]:
+        """Replica ids retired here (locally or learnt from prune markers), sorted."""
+        return self.store.retired()
+
+    def prune_owner(self) -> str:
+        """The replica that folds retired replicas' entries, as this node sees it: the lowest roster id."""
+        return min([self.node_id, *self._roster])
 
     # -- API calls ----------------------------------------------------------------------------
 
@@ -545,6 +590,8 @@ class Replicator:
         self.counters["frames_received"] += 1
         try:
             kind, body = self._open(frame)
+            if self.store.is_retired(sender_id):
+                raise _Bad("dropped_retired")
             if sender_id not in self._roster or not self._roster[sender_id].live:
                 # Frames from a member we do not (yet) see alive: membership will report it; its
                 # stream and repairs start then. Reads and writes are answered regardless.
@@ -590,6 +637,7 @@ class Replicator:
             self._gc_at = now_ms + self.config.gc_interval_ms
             self._reap(now_ms)
             self._collect_garbage()
+            self._prune(now_ms)
 
     def get_timer(self) -> int | None:
         due = [t for t in (self._flush_at, self._digest_at, self._gc_at) if t is not None]
@@ -709,7 +757,7 @@ class Replicator:
             inbound.applied = base  # the sender repaired us up to `base` by digests
         if after > inbound.applied:
             self.counters["delta_gaps"] += 1
-            self._send(sender, [T_DELTA_ACK, epoch, inbound.applied, True, _vv_flat(self.store.seen())])
+            self._send(sender, [T_DELTA_ACK, epoch, inbound.applied, True, _vv_flat(self.store.seen()), *self._claims()])
             return
         last = after
         decoded: list[tuple[int, Delta]] = []
@@ -724,14 +772,14 @@ class Replicator:
             self._apply_delta(delta, "delta", now_ms)
             inbound.applied = seq
         inbound.applied = max(inbound.applied, upto)  # the rest of the stretch was skipped: we had it
-        self._send(sender, [T_DELTA_ACK, epoch, inbound.applied, False, _vv_flat(self.store.seen())])
+        self._send(sender, [T_DELTA_ACK, epoch, inbound.applied, False, _vv_flat(self.store.seen()), *self._claims()])
 
     def _on_delta_ack(self, sender: str, body: list[Any], now_ms: int) -> None:
-        epoch, seq, gap, seen = _fields(body, 4)
+        epoch, seq, gap, seen = _fields(body, 4, 5)[:4]
         epoch, seq = _uint(epoch), _uint(seq)
         if type(gap) is not bool:
             raise _Bad("dropped_malformed")
-        self._peer_seen[sender] = _vv(seen)
+        self._report(sender, seen, body[4] if len(body) == 5 else None)
         stream = self._streams.get(sender)
         if epoch != self.epoch or stream is None or stream.syncing:
             return
@@ -751,13 +799,13 @@ class Replicator:
         self._arm_flush(now_ms)
 
     def _on_digest(self, sender: str, body: list[Any], now_ms: int) -> None:
-        round_id, count, digests, seen = _fields(body, 4)
+        round_id, count, digests, seen = _fields(body, 4, 5)[:4]
         round_id = _uint(round_id)
         if type(count) is not int or not 1 <= count <= BUCKETS_MAX or count & (count - 1):
             raise _Bad("bucket_mismatch")
         if type(digests) is not list or len(digests) != count:
             raise _Bad("dropped_malformed")
-        self._peer_seen[sender] = _vv(seen)
+        self._report(sender, seen, body[4] if len(body) == 5 else None)
         seq0 = self.store.last_seq
         mine = self.bucket_digests(count)
         differ = [i for i in range(count) if digests[i] != mine[i]]
@@ -817,7 +865,7 @@ class Replicator:
                 used = self._bucket_list(used, serving[2])
                 remote = _key_digests(keys_flat)
         for key, state in repair.states:
-            self._apply_state(key, state, "repair")
+            self._apply_state(key, state, "repair", repair.markers_of(key))
         if reply_needed and used:
             assert serving is not None
             complete = self._send_repair(sender, round_id, remote, self._keys_in(used, serving[2]), None)
@@ -841,16 +889,21 @@ class Replicator:
         if type(key) is not str or not key or len(key) > 1024:
             raise _Bad("dropped_malformed")
         held = self.store.state_for([key]).get(key)
-        self._send(sender, [T_READ_REPLY, request_id, key, None if held is None else to_wire(held, self.store.limits.wire)])
+        reply = [T_READ_REPLY, request_id, key, None if held is None else to_wire(held, self.store.limits.wire)]
+        markers = self.store.markers(key)
+        if markers and held is not None:
+            reply.append(markers_to_wire(markers))
+        self._send(sender, reply)
 
     def _on_read_reply(self, sender: str, body: list[Any], now_ms: int) -> None:
-        request_id, key, state_wire = _fields(body, 3)
+        request_id, key, state_wire = _fields(body, 3, 4)[:3]
         request_id = _uint(request_id)
         q = self._requests.get(request_id)
         if q is None or q.kind != "read" or q.key != key:
             return
         if state_wire is not None:
-            self._apply_state(key, from_wire(state_wire, self.store.limits.wire), "read")
+            pruned = markers_from_wire(body[3], self.store.limits.wire) if len(body) == 4 else ()
+            self._apply_state(key, from_wire(state_wire, self.store.limits.wire), "read", pruned)
         self._answered(sender, request_id, "read", now_ms)
 
     _handlers = {
@@ -925,9 +978,9 @@ class Replicator:
             raise _Bad("dropped_malformed") from None
         return True
 
-    def _apply_state(self, key: str, state: Crdt, source: str) -> None:
+    def _apply_state(self, key: str, state: Crdt, source: str, pruned: tuple[PruneMarker, ...] = ()) -> None:
         try:
-            if self.store.apply_state(key, state):
+            if self.store.apply_state(key, state, pruned):
                 self.counters["states_repaired"] += 1
                 self._changed(key, source)
         except LimitExceededError:
@@ -973,7 +1026,7 @@ class Replicator:
         self._next_id += 1
         count = self.bucket_count()
         self._rounds[round_id] = _Round(peer, self.store.last_seq, now_ms + self.config.round_timeout_ms, count)
-        self._send(peer, [T_DIGEST, round_id, count, self.bucket_digests(count), _vv_flat(self.store.seen())])
+        self._send(peer, [T_DIGEST, round_id, count, self.bucket_digests(count), _vv_flat(self.store.seen()), *self._claims()])
         self.counters["rounds_started"] += 1
 
     def _send_repair(self, peer: str, round_id: int, remote: dict[str, bytes], within: list[str], used: list[int] | None) -> bool:
@@ -990,7 +1043,7 @@ class Replicator:
                 break
             states.append((key, state))
             size += wire_size(state) + len(key) + 8
-        repair = Repair(tuple(states), self.store.seen(), False)
+        repair = Repair(tuple(states), self.store.seen(), False, self.store.markers_for(k for k, _ in states))
         digests: list[Any] | None = None
         if used is not None:
             digests = []
@@ -1058,6 +1111,7 @@ class Replicator:
     # -- roster and garbage collection --------------------------------------------------------
 
     def _forget(self, node_id: str) -> None:
+        self._peer_claims.pop(node_id, None)
         self._roster.pop(node_id, None)
         self._sync_at.pop(node_id, None)
         self._serving.pop(node_id, None)
@@ -1070,24 +1124,102 @@ class Replicator:
             m = self._roster[node_id]
             if not m.live and now_ms - m.down_at >= self.config.forget_dead_after_ms:
                 self._forget(node_id)
+                if self.config.retire_forgotten and not self.store.is_retired(node_id):
+                    self.store.retire(node_id)
+                    self.counters["replicas_retired"] += 1
 
-    def _collect_garbage(self) -> None:
-        if not self.store.tombstones():
-            return
+    def _member_seen(self) -> dict[str, VectorClock] | None:
+        """Every roster member's last reported seen vector; None while one has never reported."""
         member_seen: dict[str, VectorClock] = {}
         for node_id in self._roster:
             seen = self._peer_seen.get(node_id)
             if seen is None:
-                return  # a member that never reported holds collection back
+                return None  # a member that never reported holds collection back
             member_seen[node_id] = seen
-        before = self.store.tombstones()
-        report = self.store.collect_garbage(member_seen)
-        if report.collected:
-            self.counters["tombstones_collected"] += report.collected
-            after = set(self.store.tombstones())
-            for key in before:
-                if key not in after:
+        return member_seen
+
+    def _collect_garbage(self) -> None:
+        if not self.store.tombstones() and not self.store.marker_count():
+            return
+        member_seen = self._member_seen()
+        if member_seen is None:
+            return
+        if self.store.tombstones():
+            before = self.store.tombstones()
+            report = self.store.collect_garbage(member_seen)
+            if report.collected:
+                self.counters["tombstones_collected"] += report.collected
+                after = set(self.store.tombstones())
+                for key in before:
+                    if key not in after:
+                        self._changed(key, "gc")
+        if self.store.marker_count():
+            changed = self.store.collect_markers(member_seen)
+            self.counters["markers_collected"] = self.store.stats.markers_collected
+            for key in changed:
+                self._changed(key, "gc")
+
+    def _claims(self) -> list[Any]:
+        """The optional trailing field of acks and digests: [retired, the owner we see, ...] (empty: omitted)."""
+        retired = [r for r in self.store.retired() if r != self.node_id][:CLAIMS_MAX]
+        if not retired:
+            return []
+        owner = self.prune_owner()
+        flat: list[Any] = []
+        for r in retired:
+            flat.extend((r, owner))
+        return [flat]
+
+    def _report(self, sender: str, seen: Any, claims: Any) -> None:
+        """A member's seen vector and, from the same moment, the owners it names for retired replicas."""
+        self._peer_seen[sender] = _vv(seen)
+        named: dict[str, str] = {}
+        if claims is not None:
+            if type(claims) is not list or len(claims) % 2 or len(claims) > 2 * CLAIMS_MAX:
+                raise _Bad("dropped_malformed")
+            for i in range(0, len(claims), 2):
+                r, owner = claims[i], claims[i + 1]
+                if type(r) is not str or type(owner) is not str or not r or not owner or len(r) > MAX_ID_CHARS:
+                    raise _Bad("dropped_malformed")
+                named[r] = owner
+        self._peer_claims[sender] = named
+
+    def _prune(self, now_ms: int) -> None:
+        """As the owner, fold retired replicas' entries once it is safe (decision 0024).
+
+        Safe means: (1) every roster member has reported, in the same frame as its seen vector, that
+        it sees this node as the owner for the retired replica, so no other node folds it (a second
+        owner would need this node's claim, and this node names itself); (2) this replica has seen
+        every event of the retired replica that any member reported, so the fold holds all of its
+        effects (reports made after a member retired it are final: it takes no frame from it).
+        """
+        retired = [r for r in self.store.retired() if r != self.node_id][:CLAIMS_MAX]
+        if not retired or self.prune_owner() != self.node_id:
+            return
+        member_seen = self._member_seen()
+        if member_seen is None:
+            return
+        mine = self.store.seen()
+        budget = self.config.prune_keys_per_tick
+        for r in retired:
+            if any(self._peer_claims.get(m, {}).get(r) != self.node_id for m in self._roster):
+                continue
+            if any(vv.get(r) > mine.get(r) for vv in member_seen.values()):
+                self.counters["prune_waiting"] += 1  # a member holds events of r we lack: anti-entropy first
+                continue
+            for key in self.store.keys_mentioning(r, budget):
+                try:
+                    delta = self.store.prune(key, r)
+                except LimitExceededError:
+                    self.counters["prune_rejected_limit"] += 1
+                    continue
+                budget -= 1
+                if delta is not None:
+                    self.counters["keys_pruned"] += 1
                     self._changed(key, "gc")
+            if budget <= 0:
+                break
+        self._arm_flush(now_ms)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -1133,8 +1265,9 @@ class Replicator:
 # -- field helpers -----------------------------------------------------------------------------
 
 
-def _fields(body: list[Any], n: int) -> list[Any]:
-    if len(body) != n:
+def _fields(body: list[Any], n: int, n_max: int | None = None) -> list[Any]:
+    """`body` if it has `n` fields (or up to `n_max`: optional trailing fields), else a malformed frame."""
+    if not n <= len(body) <= (n if n_max is None else n_max):
         raise _Bad("dropped_malformed")
     return body
 

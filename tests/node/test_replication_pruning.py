@@ -1,0 +1,121 @@
+"""Folding a retired replica's entries through the replication core (decision 0024): virtual time, no sockets."""
+
+from __future__ import annotations
+
+from agentnode.crdt import CrdtUsageError
+from agentnode.replication import ReplicationConfig
+from agentnode.state_benchmark import ReplicaNet
+
+FAST = ReplicationConfig(gc_interval_ms=200, digest_interval_ms=200)
+
+
+def _write_everything(net: ReplicaNet, node: str, i: int) -> None:
+    net.call(node, lambda c: c.update("hits", "gcounter", "increment", (i + 1,), net.now))
+    net.call(node, lambda c: c.update("level", "pncounter", "decrement", (1,), net.now))
+    net.call(node, lambda c: c.update("claimed", "orset", "add", (f"{node}-{i}",), net.now))
+    net.call(node, lambda c: c.update("card", "mvregister", "write", (f"{node}-{i}",), net.now))
+    net.call(node, lambda c: c.update("agents", "ormap", "update", (node, "orset", "add", i), net.now))
+
+
+def _mentions(net: ReplicaNet, node: str, replica: str) -> list[str]:
+    return net.nodes[node].store.keys_mentioning(replica)
+
+
+def _cluster_with_departed(seed: int) -> tuple[ReplicaNet, str, dict[str, object]]:
+    net = ReplicaNet(4, seed=seed, config=FAST)
+    net.run(300)
+    gone = net.ids[3]
+    for i in range(5):
+        for node in net.ids:
+            _write_everything(net, node, i)
+    assert net.run_until(net.now + 3_000, stop=net.converged)
+    net.call(gone, lambda c: c.update("claimed", "orset", "remove", (f"{net.ids[0]}-0",), net.now))
+    assert net.run_until(net.now + 3_000, stop=net.converged)
+    before = {k: net.nodes[net.ids[0]].value(k) for k in ("hits", "level", "claimed", "agents")}
+    assert all(_mentions(net, n, gone) for n in net.ids)
+    return net, gone, before
+
+
+def test_a_retired_replica_is_folded_values_unchanged_and_forgotten_by_every_key() -> None:
+    net, gone, before = _cluster_with_departed(seed=11)
+    net.crash(gone)
+    for node in net.live():
+        net.call(node, lambda c: c.retire(gone, net.now))
+    # Writes go on while the fold happens.
+    for i in range(5, 8):
+        for node in net.live():
+            _write_everything(net, node, i)
+    owner = net.ids[0]
+    assert all(net.nodes[n].prune_owner() == owner for n in net.live())
+
+    def folded() -> bool:
+        return net.converged() and not any(_mentions(net, n, gone) for n in net.live())
+
+    assert net.run_until(net.now + 10_000, stop=folded)
+    core = net.nodes[owner]
+    assert core.counters["keys_pruned"] >= 5
+    assert all(net.nodes[n].counters["keys_pruned"] == 0 for n in net.live() if n != owner)
+    added = sum(i + 1 for i in range(5, 8)) * 3
+    assert set(net.values("hits").values()) == {before["hits"] + added}
+    assert set(net.values("level").values()) == {before["level"] - 9}
+    claimed = before["claimed"] | {f"{n}-{i}" for n in net.live() for i in range(5, 8)}
+    assert all(v == claimed for v in net.values("claimed").values())
+    assert f"{net.ids[0]}-0" not in claimed  # the retired replica's remove still holds after the fold
+    for n in net.live():
+        assert net.nodes[n].store.is_retired(gone)
+    # Markers are collected once every member has seen the folds; replicas stay converged.
+    assert net.run_until(net.now + 10_000, stop=lambda: all(net.nodes[n].store.marker_count() == 0 for n in net.live()))
+    assert net.run_until(net.now + 3_000, stop=net.converged)
+    assert core.counters["markers_collected"] >= 5
+
+
+def test_fold_waits_until_every_member_names_the_same_owner() -> None:
+    net, gone, before = _cluster_with_departed(seed=12)
+    net.crash(gone)
+    net.call(net.ids[0], lambda c: c.retire(gone, net.now))
+    net.call(net.ids[1], lambda c: c.retire(gone, net.now))  # the third member has not retired it
+    net.run(3_000)
+    assert net.nodes[net.ids[0]].counters["keys_pruned"] == 0
+    assert all(_mentions(net, n, gone) for n in net.live())
+    net.call(net.ids[2], lambda c: c.retire(gone, net.now))
+    assert net.run_until(net.now + 10_000, stop=lambda: not any(_mentions(net, n, gone) for n in net.live()) and net.converged())
+    assert set(net.values("hits").values()) == {before["hits"]}
+
+
+def test_a_failed_member_forgotten_after_the_timeout_is_retired_and_folded() -> None:
+    cfg = ReplicationConfig(gc_interval_ms=200, digest_interval_ms=200, forget_dead_after_ms=2_000)
+    net = ReplicaNet(3, seed=13, config=cfg)
+    net.run(300)
+    gone = net.ids[2]
+    for i in range(3):
+        for node in net.ids:
+            _write_everything(net, node, i)
+    assert net.run_until(net.now + 3_000, stop=net.converged)
+    total = net.nodes[net.ids[0]].value("hits")
+    net.crash(gone)
+    assert net.run_until(net.now + 15_000, stop=lambda: not any(_mentions(net, n, gone) for n in net.live()) and net.converged())
+    assert set(net.values("hits").values()) == {total}
+    assert all(net.nodes[n].counters["replicas_retired"] == 1 for n in net.live())
+
+
+def test_a_retired_id_is_refused() -> None:
+    net, gone, _ = _cluster_with_departed(seed=14)
+    node = net.nodes[net.ids[0]]
+    node.retire(gone, net.now)
+    node.member_up(gone, gone, net.now)
+    assert gone not in node.roster()
+    assert node.counters["dropped_retired"] == 1
+    node.receive(gone, [1, "sim", 71, 1, "hits"], net.now)
+    assert node.counters["dropped_retired"] == 2
+    try:
+        node.retire(node.node_id, net.now)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("retiring oneself must be refused")
+    try:
+        node.store.retire(node.node_id)
+    except CrdtUsageError:
+        pass
+    else:
+        raise AssertionError("the store must refuse to retire its own replica")
