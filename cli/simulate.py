@@ -68,7 +68,8 @@ def simulate(
     codec: str = typer.Option("msgpack", "--codec", help="msgpack (frames cross as bytes, as in production) or none."),
     cprofile: Optional[Path] = typer.Option(None, "--cprofile", help="Write a cProfile of the simulator loop to this file."),
     services: str = typer.Option("", "--services", help="Service cores beside membership, comma-separated: state, "
-                                 "consensus (state-*/consensus-* scenarios switch theirs on)."),
+                                 "registry, consensus (state-*/consensus-* scenarios switch theirs on)."),
+    registry_ops: int = typer.Option(200, "--registry-ops", help="Agent registrations/deregistrations (registry service)."),
     consensus_voters: int = typer.Option(3, "--consensus-voters", help="Voters of the consensus stand-in (first k nodes)."),
     state_keys: int = typer.Option(100, "--state-keys", help="Keys the state workload writes."),
     state_writes: int = typer.Option(500, "--state-writes", help="Updates the state workload makes."),
@@ -81,7 +82,8 @@ def simulate(
         spec = RunSpec(nodes=nodes, seed=seed, scenario=scenario, duration_s=duration_s, network=network,
                        membership=membership, loss=loss, crash_kind=crash_kind, convergence_bound_s=convergence_bound_s,
                        false_death_bound_s=false_death_bound_s, codec=codec, services=services, state_keys=state_keys,
-                       state_writes=state_writes, state_bound_s=state_bound_s, consensus_voters=consensus_voters)
+                       state_writes=state_writes, state_bound_s=state_bound_s, consensus_voters=consensus_voters,
+                       registry_ops=registry_ops)
         from agentnode.profiles import profile_named
 
         profile_named(membership)
@@ -151,6 +153,9 @@ def _print_human(figures: dict) -> None:
                   f"{consensus['commit_index']}\n")
         out.write(f"  {'consensus: puts ok / refused (no quorum)':45s} {consensus['writes_ok']} / {consensus['writes_refused']}\n")
         out.write(f"  {'consensus: name leases granted / refused':45s} {consensus['name_grants']} / {consensus['name_refusals']}\n")
+    registry = figures.get("registry")
+    if isinstance(registry, dict):
+        out.write(f"  {'registry: agents registered / deregistered':45s} {registry['registered']} / {registry['deregistered']}\n")
     if figures.get("report_files"):
         out.write(f"  report: {', '.join(figures['report_files'])}\n")
     out.write(f"  replay: {figures['replay']}\n")

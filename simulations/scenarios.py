@@ -57,14 +57,17 @@ class RunSpec:
     services: str = ""
     """Service cores beside membership, comma-separated: "state" (CRDT replication with a write
     workload and the crdt-converged invariant), "consensus" (the Raft stand-in with put and name-lease
-    workloads; one-leader-per-term, name-lease-unique, consensus-writes-resume). Scenarios named
-    state-* / consensus-* switch their service on."""
+    workloads; one-leader-per-term, name-lease-unique, consensus-writes-resume), "registry" (agent
+    registry with a register/deregister workload; registry-converged). Scenarios named state-* /
+    consensus-* switch their service on."""
     state_keys: int = 100
     """Keys the state workload writes (types cycle pncounter, orset, lwwmap)."""
     state_writes: int = 500
     """Local-consistency updates the state workload makes, spread over its window."""
     state_bound_s: float = 10.0
     """Replicas must converge this long after the last write, fault and membership convergence."""
+    registry_ops: int = 200
+    """Agent registrations/deregistrations the registry workload makes (service "registry")."""
     consensus_voters: int = 3
     """Voters of the consensus stand-in (service "consensus"): the first k nodes."""
 
@@ -86,6 +89,8 @@ class RunSpec:
         for name in self.service_names:
             if name not in SERVICES:
                 raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+        if self.registry_ops < 0:
+            raise ValueError("registry_ops must be >= 0")
         if self.consensus_voters < 1:
             raise ValueError("consensus_voters must be at least 1")
         if self.state_keys < 1 or self.state_writes < 0 or self.state_bound_s <= 0:
@@ -116,7 +121,7 @@ class RunSpec:
                            ("false_death_bound_s", "--false-death-bound-s"), ("codec", "--codec"),
                            ("services", "--services"), ("state_keys", "--state-keys"),
                            ("state_writes", "--state-writes"), ("state_bound_s", "--state-bound-s"),
-                           ("consensus_voters", "--consensus-voters")):
+                           ("consensus_voters", "--consensus-voters"), ("registry_ops", "--registry-ops")):
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
@@ -340,7 +345,7 @@ def _consensus_faults(spec: RunSpec, rng: random.Random, t: Timeline) -> None:
     t.marks.update(voter_cut=at, voter_crash=at + 2 * step, split=at + 4 * step, heal=at + 5 * step)
 
 
-SERVICES = ("consensus", "state")
+SERVICES = ("consensus", "registry", "state")
 """Service names `RunSpec.services` accepts."""
 
 SCENARIOS: dict[str, Scenario] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from agentnode.simulations.workloads import StateLog
+from agentnode.simulations.workloads import RegistryLog, StateLog
 
 if TYPE_CHECKING:
     from agentnode.simulations.consensus_service import ConsensusService
@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 __sans_io__ = True
 
-__all__ = ["ConsensusWritesResume", "CrdtConverged", "NameLeaseUnique", "OneLeaderPerTerm", "live_replicas"]
+__all__ = [
+    "ConsensusWritesResume", "CrdtConverged", "NameLeaseUnique", "OneLeaderPerTerm", "RegistryConverged", "live_replicas",
+]
 
 DETAILS_MAX = 5
 """How many differing keys a violation message names."""
@@ -189,3 +191,54 @@ class NameLeaseUnique:
         held, grant = doubles[0]
         return (f"name {grant.name!r} leased to {grant.owner} at {grant.granted_ms} ms while {held.owner} held it "
                 f"until {held.expires_ms} ms (lease epochs {held.epoch}, {grant.epoch}); {len(doubles)} such grant(s)")
+
+
+class RegistryConverged:
+    """Every live node's registry shows exactly the agents hosted on running nodes, within `bound_ms`
+    of the latest of: the last registration change, the last fault, membership convergence."""
+
+    name = "registry-converged"
+
+    def __init__(self, bound_ms: int, log: RegistryLog) -> None:
+        if bound_ms <= 0:
+            raise ValueError("bound_ms must be positive")
+        self.bound_ms = bound_ms
+        self.log = log
+        self.converged_log: list[tuple[int, int]] = []
+        """(since, converged at) per quiet period in which every view matched."""
+        self._since = -1
+        self._settled = False
+        self._next_scan_ms = 0
+
+    def check(self, world: World, now_ms: int, final: bool) -> str | None:
+        if not world.quiet or world.converged_at_ms is None:
+            self._since = -1
+            return None
+        since = max(self.log.last_op_ms, world.quiet_since_ms, world.converged_at_ms)
+        if since != self._since:
+            self._since, self._settled = since, False
+        if self._settled and now_ms < self._next_scan_ms and not final:
+            return None
+        registries = [(n, n.core.registry) for n in world.nodes  # type: ignore[union-attr]
+                      if n.healthy and getattr(n.core, "registry", None) is not None]
+        truth = sorted((r.agent_id, n.node_id) for n, reg in registries for r in reg.local_agents())
+        wrong = []
+        for node, reg in registries:
+            view = sorted((e.record.agent_id, e.record.node_id) for e in reg.find(healthy_only=False))
+            if view != truth:
+                missing = sorted(set(truth) - set(view))
+                extra = sorted(set(view) - set(truth))
+                wrong.append(f"{node.node_id} misses {missing[:3]} and shows {extra[:3]}")
+        if not wrong:
+            if not self._settled:
+                self._settled = True
+                self.converged_log.append((since, now_ms))
+            self._next_scan_ms = now_ms + SETTLED_SCAN_MS
+            return None
+        if self._settled:
+            self._settled = False
+            self._since = since = now_ms
+        if now_ms - since <= self.bound_ms:
+            return None
+        return (f"{len(wrong)} of {len(registries)} registries differ from the {len(truth)} agents hosted on running "
+                f"nodes {now_ms - since} ms after {since} ms (bound {self.bound_ms} ms): " + "; ".join(wrong[:DETAILS_MAX]))

@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 from agentnode.simulations import faults as f
 from agentnode.simulations.consensus_service import ConsensusConfig, ConsensusService
 from agentnode.simulations.service_invariants import (
-    ConsensusWritesResume, CrdtConverged, NameLeaseUnique, OneLeaderPerTerm, live_replicas,
+    ConsensusWritesResume, CrdtConverged, NameLeaseUnique, OneLeaderPerTerm, RegistryConverged, live_replicas,
 )
 from agentnode.simulations.services import ServiceDisks, ServicesConfig, service_core_factory
-from agentnode.simulations.workloads import StateLog, StateWorkload, preload_states, schedule_state_workload
+from agentnode.simulations.workloads import (
+    RegistryLog, RegistryWorkload, StateLog, StateWorkload, preload_states, schedule_registry_workload,
+    schedule_state_workload,
+)
 from agentnode.simulations.world import CoreFactory, node_name
 
 if TYPE_CHECKING:
@@ -50,7 +53,9 @@ class ServiceSetup:
         self._bytes_of_halted = 0
         self._bytes_at_heal: int | None = None
         names = spec.service_names
-        self.config = ServicesConfig(state="state" in names)
+        self.config = ServicesConfig(state="state" in names, registry="registry" in names)
+        self.registry_log = RegistryLog()
+        self.registry_check: RegistryConverged | None = None
         if self.config.state:
             self.workload = self._state_workload()
             if spec.scenario in PRELOADED_SCENARIOS:
@@ -76,6 +81,13 @@ class ServiceSetup:
                     self._bytes_of_halted += getattr(node.core, "service_bytes", 0)
 
         world.fault_hooks.append(on_fault)
+        if self.config.registry:
+            start = self.timeline.marks["joined"] + WRITE_LEAD_MS
+            end = max(start, self.spec.duration_ms * 6 // 10)
+            schedule_registry_workload(world, RegistryWorkload(ops=self.spec.registry_ops, start_ms=start, end_ms=end),
+                                       self.registry_log)
+            self.registry_check = RegistryConverged(int(self.spec.state_bound_s * 1000), self.registry_log)
+            world.invariants.append(self.registry_check)
         if "consensus" in self.spec.service_names:
             start = self.timeline.marks["joined"] + WRITE_LEAD_MS
             config = ConsensusConfig(voters=min(self.spec.consensus_voters, self.spec.nodes), start_ms=start,
@@ -107,6 +119,12 @@ class ServiceSetup:
         out: dict[str, Any] = {}
         if self.consensus is not None:
             out["consensus"] = self.consensus.figures()
+        if self.registry_check is not None:
+            log = self.registry_log
+            periods = self.registry_check.converged_log
+            out["registry"] = {"registered": log.registered, "deregistered": log.deregistered, "last_op_ms": log.last_op_ms,
+                               "converged_periods": len(periods),
+                               "last_converged_ms": periods[-1][1] if periods else None}
         if self.crdt is not None:
             out.update(self._state_figures(world))
         return out

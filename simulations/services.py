@@ -25,11 +25,15 @@ from agentnode import events as ev
 from agentnode.crdt import StateStore, StoreLimits
 from agentnode.crdt.store import Repair
 from agentnode.replication import FRAME_TYPES as STATE_FRAME_TYPES
+from agentnode.registry import Registry, RegistryConfig
 from agentnode.replication import KeyChanged, ReplicationConfig, Replicator
 from agentnode.simulations.seed import fork
 from agentnode.simulations.world import CoreFactory, SimCore
 
 __sans_io__ = True
+
+REGISTRY_FRAME_TYPES = (32, 33)
+"""Registry digest and set frames (node/agent_messages.py), routed as AgentService._on_frame does."""
 
 __all__ = ["ServiceDisks", "ServiceNode", "ServicesConfig", "reload_store", "service_core_factory"]
 
@@ -45,6 +49,12 @@ class ServicesConfig:
     """Run a `Replicator` (node.state's core) on every node."""
     replication: ReplicationConfig | None = None
     limits: StoreLimits | None = None
+    registry: bool = False
+    """Run a `Registry` (node.agents' registry core) on every node."""
+    registry_config: RegistryConfig | None = None
+    registry: bool = False
+    """Run a `Registry` (node.agents' registry core) on every node."""
+    registry_config: RegistryConfig | None = None
     trace_key_changes: bool = True
     """Pass `KeyChanged` events to the world (they enter the trace digest); off for very large runs."""
 
@@ -56,12 +66,14 @@ class ServiceNode:
     like `NodeState._on_member_event`; `handle_timer` wakes only the cores that are due.
     """
 
-    __slots__ = ("core", "replicator", "_channels", "_events", "_trace_key_changes", "_services", "_pack",
+    __slots__ = ("core", "replicator", "registry", "_channels", "_events", "_trace_key_changes", "_services", "_pack",
                  "service_frames", "service_bytes")
 
-    def __init__(self, core: SimCore, *, replicator: Replicator | None = None, trace_key_changes: bool = True) -> None:
+    def __init__(self, core: SimCore, *, replicator: Replicator | None = None, registry: Registry | None = None,
+                 trace_key_changes: bool = True) -> None:
         self.core = core
         self.replicator = replicator
+        self.registry = registry
         self._trace_key_changes = trace_key_changes
         self._events: deque[Any] = deque()
         self._channels: dict[int, Any] = {}
@@ -76,6 +88,10 @@ class ServiceNode:
                 self._channels[frame_type] = replicator
             while replicator.next_event() is not None:  # load-time events, dropped as node.state does
                 pass
+        if registry is not None:
+            self._services.append(registry)
+            for frame_type in REGISTRY_FRAME_TYPES:
+                self._channels[frame_type] = registry
 
     # ---- SimCore ---------------------------------------------------------------------------
 
@@ -153,6 +169,19 @@ class ServiceNode:
         self.replicator.update(key, type_name, op, tuple(args), now_ms)
         self._pump(now_ms)
 
+    def register_agent(self, agent_id: str, capabilities: Sequence[str], now_ms: int) -> None:
+        """Host an agent here, as `node.agents.register_agent` does through the registry core."""
+        if self.registry is None:
+            raise RuntimeError("this simulated node runs no registry; build the world with services registry")
+        self.registry.register(agent_id, now_ms, name=agent_id, capabilities=tuple(capabilities))
+        self._pump(now_ms)
+
+    def deregister_agent(self, agent_id: str, now_ms: int) -> None:
+        if self.registry is None:
+            raise RuntimeError("this simulated node runs no registry; build the world with services registry")
+        self.registry.deregister(agent_id, now_ms)
+        self._pump(now_ms)
+
     # ---- plumbing --------------------------------------------------------------------------
 
     def _pump(self, now_ms: int) -> None:
@@ -160,19 +189,31 @@ class ServiceNode:
         events = self._events
         core = self.core
         replicator = self.replicator
+        registry = self.registry
         while (event := core.next_event()) is not None:
-            if replicator is not None:
+            if replicator is not None:  # as NodeState._on_member_event
                 if isinstance(event, (ev.MemberJoined, ev.MemberAlive, ev.MemberUpdated)):
                     replicator.member_up(event.node_id, event.address, now_ms)
                 elif isinstance(event, ev.MemberFailed):
                     replicator.member_down(event.node_id, now_ms)
                 elif isinstance(event, ev.MemberLeft):
                     replicator.member_down(event.node_id, now_ms, left=True)
+            if registry is not None:  # as AgentService._on_member_event
+                if isinstance(event, (ev.MemberJoined, ev.MemberAlive, ev.MemberUpdated)):
+                    if event.node_id != registry.node_id:
+                        registry.member_up(event.node_id, event.address, now_ms)
+                elif isinstance(event, ev.MemberSuspected):
+                    registry.member_suspect(event.node_id, now_ms)
+                elif isinstance(event, (ev.MemberFailed, ev.MemberLeft)):
+                    registry.member_down(event.node_id, now_ms, left=isinstance(event, ev.MemberLeft))
             events.append(event)
         if replicator is not None:
             while (event := replicator.next_event()) is not None:
                 if self._trace_key_changes or not isinstance(event, KeyChanged):
                     events.append(event)
+        if registry is not None:
+            while (event := registry.next_event()) is not None:
+                events.append(event)
         if len(events) > SERVICE_EVENTS_MAX:
             raise RuntimeError(f"{len(events)} service events undrained; the world must drain after every input")
 
@@ -196,6 +237,7 @@ class ServiceDisks:
     def __init__(self) -> None:
         self.stores: dict[str, StateStore] = {}
         self.epochs: dict[str, int] = {}
+        self.registry_epochs: dict[str, int] = {}
         self.nodes: dict[str, ServiceNode] = {}
         """The service node currently running under each id (the last one booted)."""
         self.preload: Callable[[StateStore], None] | None = None
@@ -226,7 +268,14 @@ def service_core_factory(membership: CoreFactory, config: ServicesConfig, *, see
             disks.epochs[node_id] = epoch
             state_rng = fork(seed, "node", node_id, "state", epoch)
             replicator = Replicator(store, cluster=cluster, epoch=epoch, rng=state_rng, config=config.replication)
-        node = ServiceNode(core, replicator=replicator, trace_key_changes=config.trace_key_changes)
+        registry = None
+        if config.registry:
+            # Agents live in the node's process: a restart starts with none, at a higher epoch.
+            epoch = disks.registry_epochs.get(node_id, -1) + 1
+            disks.registry_epochs[node_id] = epoch
+            registry = Registry(node_id, cluster=cluster, epoch=epoch, rng=fork(seed, "node", node_id, "registry", epoch),
+                                config=config.registry_config)
+        node = ServiceNode(core, replicator=replicator, registry=registry, trace_key_changes=config.trace_key_changes)
         disks.nodes[node_id] = node
         return node
 

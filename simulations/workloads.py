@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 __sans_io__ = True
 
-__all__ = ["STATE_TYPES", "StateLog", "StateWorkload", "key_name", "preload_states", "schedule_state_workload"]
+__all__ = [
+    "STATE_TYPES", "RegistryLog", "RegistryWorkload", "StateLog", "StateWorkload", "key_name", "preload_states",
+    "schedule_registry_workload", "schedule_state_workload",
+]
 
 STATE_TYPES = ("pncounter", "orset", "lwwmap")
 """Counters, OR-sets and LWW maps: the three merge rules node.state users reach for first."""
@@ -164,3 +167,65 @@ def _lww_floor(service: ServiceNode, key: str, field_name: str) -> int:
         if name == field_name:
             return int(entry[0])
     return -1
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryWorkload:
+    """`ops` agent registrations and deregistrations spread over [start_ms, end_ms) on random nodes."""
+
+    ops: int
+    start_ms: int
+    end_ms: int
+    agents_per_node_max: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ops <= WRITES_MAX or self.end_ms < self.start_ms or self.agents_per_node_max < 1:
+            raise ValueError("registry workload: 0 <= ops, start_ms <= end_ms, agents_per_node_max >= 1")
+
+
+@dataclass(slots=True)
+class RegistryLog:
+    last_op_ms: int = -1
+    registered: int = 0
+    deregistered: int = 0
+
+
+CAPABILITIES = ("summarise", "translate", "search")
+
+
+def schedule_registry_workload(world: World, workload: RegistryWorkload, log: RegistryLog) -> None:
+    """Place agent registrations/deregistrations on `world`'s clock (agent ids are unique per node)."""
+    seed = world.config.seed
+    picker = fork(seed, "workload", "registry")
+    node_rngs: dict[int, random.Random] = {}
+    serial: dict[int, int] = {}
+    span = workload.end_ms - workload.start_ms
+
+    def call(now_ms: int) -> None:
+        healthy = [n for n in world.nodes if n.healthy and getattr(n.core, "registry", None) is not None]
+        if not healthy:
+            return
+        node = healthy[picker.randrange(len(healthy))]
+        rng = node_rngs.get(node.index)
+        if rng is None:
+            rng = node_rngs[node.index] = fork(seed, "node", node.index, "agents")
+        service: ServiceNode = node.core  # type: ignore[assignment]
+        local = [r.agent_id for r in service.registry.local_agents()]  # type: ignore[union-attr]
+        local_now = node.local_ms(now_ms)
+        if local and (len(local) >= workload.agents_per_node_max or rng.random() < 0.3):
+            agent_id = local[rng.randrange(len(local))]
+            world.trace.record(b"A%d %d -" % (now_ms, node.index) + agent_id.encode())
+            service.deregister_agent(agent_id, local_now)
+            log.deregistered += 1
+        else:
+            serial[node.index] = serial.get(node.index, 0) + 1
+            agent_id = f"{node.node_id}-a{serial[node.index]}"
+            capability = CAPABILITIES[rng.randrange(len(CAPABILITIES))]
+            world.trace.record(b"A%d %d +" % (now_ms, node.index) + agent_id.encode())
+            service.register_agent(agent_id, (capability,), local_now)
+            log.registered += 1
+        world.poke(node, now_ms)
+        log.last_op_ms = now_ms
+
+    for k in range(workload.ops):
+        world.call_at(workload.start_ms + (span * k // workload.ops if workload.ops else 0), call)
