@@ -67,6 +67,19 @@ from agentnode.delivery import (
     SendQueueFull,
     UnknownAgent,
 )
+from agentnode.name_keeper import NameKeeper
+from agentnode.names import (
+    NAME_MARKER_KEY,
+    AgentNameConfirmed,
+    AgentNameLost,
+    AgentNameUnconfirmed,
+    NameConfig,
+    NameState,
+    NameTableFull,
+    NameTaken,
+    marker_of,
+    parse_marker,
+)
 from agentnode.outbox import Outbox, OutboxEntry, OutboxFull, StorageError
 from agentnode.registry import (
     AgentEntry,
@@ -88,6 +101,9 @@ __all__ = [
     "AgentAPI",
     "AgentEntry",
     "AgentHealthChanged",
+    "AgentNameConfirmed",
+    "AgentNameLost",
+    "AgentNameUnconfirmed",
     "AgentRecord",
     "AgentRegistered",
     "AgentRemoved",
@@ -101,6 +117,8 @@ __all__ = [
     "ExpiredError",
     "Message",
     "MessagingConfig",
+    "NameTableFull",
+    "NameTaken",
     "NodeUnreachableError",
     "RemoteHandlerError",
     "Reply",
@@ -363,10 +381,10 @@ class AgentAPI:
         """Call `handler` for every message published on `topic` (the subscription is replicated)."""
         return await self.agents.subscribe(topic, handler)
 
-    def find_agents(self, capability: str | None = None, *, topic: str | None = None,
+    def find_agents(self, capability: str | None = None, *, topic: str | None = None, name: str | None = None,
                     healthy_only: bool = True) -> list[AgentEntry]:
-        """Agents visible in the replicated registry, sorted by agent id."""
-        return self.agents.find_agents(capability, topic=topic, healthy_only=healthy_only)
+        """Agents visible in the replicated registry, sorted by agent id; with `name`, a leased name's holder only."""
+        return self.agents.find_agents(capability, topic=topic, name=name, healthy_only=healthy_only)
 
 
 # -- handles ----------------------------------------------------------------------------------------------
@@ -400,6 +418,11 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"Agent({self.agent_id!r})"
+
+    @property
+    def name_state(self) -> NameState | None:
+        """The lease on this agent's unique name (None unless registered with ``unique=True``)."""
+        return self._service.names.state(self.agent_id)
 
     @property
     def record(self) -> AgentRecord:
@@ -521,6 +544,12 @@ class AgentService:
         self.broadcaster = Broadcast(self.node_id, cluster=cluster, epoch=self.epoch, rng=fork("broadcast"),
                                      config=self.config.broadcast)
         self.balancer = Balancer()
+        self.names = NameKeeper(self.node_id, lambda: getattr(self._node, "raft", None), self.now_ms, fork("names"),
+                                NameConfig(ttl_ms=node.config.name_lease_ttl_ms), self._on_name_state,
+                                self._node._publish_event)
+        """Leases on unique agent names through the Raft group (docs/messaging.md, "Unique names")."""
+        self._claiming: dict[str, None] = {}
+        """Agent ids whose unique name is being claimed (registration in progress)."""
         self.sender_id = f"{BUILTIN_NAME}@{self.node_id}"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._agents: dict[str, Agent] = {}
@@ -586,6 +615,10 @@ class AgentService:
         """Stop the workers, commit what is staged, close the outbox."""
         if self._closed:
             return
+        try:
+            await self.names.close()  # give unique names back while the Raft service still runs
+        except Exception:  # closing must finish; unreleased names expire by their TTL
+            log.exception("releasing agent names failed")
         self._closed = True
         for handle in (self._timer, self._sweep):
             if handle is not None:
@@ -629,10 +662,14 @@ class AgentService:
         concurrency: int = 1,
         health: HealthCheck | None = None,
         broadcasts: bool = True,
+        unique: bool = False,
     ) -> Agent:
         """Host an agent here and publish its record to every node.
 
-        `agent_id` defaults to "name@node_id" (unique in the cluster). `handler(message)` is called
+        `agent_id` defaults to "name@node_id" (unique in the cluster). With `unique`, the name is
+        leased cluster-wide through the Raft group: `NameTaken` if another agent holds it; without a
+        quorum the agent registers with its name "unconfirmed" and the claim is retried in the
+        background (see `Agent.name_state`, events `AgentNameConfirmed/Unconfirmed/Lost`). `handler(message)` is called
         for each message, one at a time unless `concurrency` > 1 (then FIFO holds only for the start of
         handling); `health()` (optional, sync or async) is polled every `health_interval_s` and a False,
         an exception or a timeout marks the agent unhealthy. With `broadcasts`, `broadcast()` reaches it.
@@ -647,12 +684,22 @@ class AgentService:
         if not isinstance(concurrency, int) or not 1 <= concurrency <= 1024:
             raise ValueError("concurrency must be an int in 1..1024 (1 keeps FIFO handling)")
         agent_id = agent_id or f"{name}@{self.node_id}"
-        if agent_id in self._agents:
+        if agent_id in self._agents or agent_id in self._claiming:
             raise ValueError(f"agent {agent_id!r} is already registered on this node; deregister it first")
+        metadata = dict(metadata or {})
+        if any(key.startswith("agentnode.") for key in metadata):
+            raise ValueError("metadata keys starting with 'agentnode.' are reserved (the name lease is advertised there)")
         topics = tuple(topics)
-        self.registry.register(agent_id, self.now_ms(), name=name, capabilities=tuple(capabilities),
-                               metadata=dict(metadata or {}), description=description, version=version,
-                               skills=tuple(skills), topics=topics)
+        if unique:
+            metadata[NAME_MARKER_KEY] = await self._claim_name(agent_id, name)
+        try:
+            self.registry.register(agent_id, self.now_ms(), name=name, capabilities=tuple(capabilities),
+                                   metadata=metadata, description=description, version=version,
+                                   skills=tuple(skills), topics=topics)
+        except BaseException:
+            if unique:
+                await self.names.release(agent_id)
+            raise
         self.delivery.open_inbox(agent_id, inbox_capacity)
         agent = Agent(self, agent_id, name, handler, health, concurrency, broadcasts)
         for topic in topics:
@@ -673,6 +720,9 @@ class AgentService:
         now = self.now_ms()
         self.registry.deregister(agent_id, now)
         self.delivery.close_inbox(agent_id)
+        if self.names.state(agent_id) is not None:
+            self.schedule_pump()  # peers learn of the deregistration while the release commits
+            await self.names.release(agent_id)
         tasks = [t for t in (*agent._workers, agent._inline_task) if t is not None]
         for task in tasks:
             task.cancel()
@@ -689,9 +739,36 @@ class AgentService:
     def local_agents(self) -> list[Agent]:
         return [self._agents[a] for a in sorted(self._agents)]
 
-    def find_agents(self, capability: str | None = None, *, topic: str | None = None,
+    def find_agents(self, capability: str | None = None, *, topic: str | None = None, name: str | None = None,
                     healthy_only: bool = True) -> list[AgentEntry]:
-        return self.registry.find(capability, topic=topic, healthy_only=healthy_only)
+        return self.registry.find(capability, topic=topic, name=name, healthy_only=healthy_only)
+
+    async def _claim_name(self, agent_id: str, name: str) -> str:
+        """Lease `name` for `agent_id` (NameTaken if held); returns the marker the record advertises."""
+        from agentnode.consensus.commands import ClaimName
+
+        try:
+            ClaimName(name, "owner", self.names.core.config.ttl_ms)
+        except ValueError as exc:
+            raise ValueError(f"{name!r} cannot be a unique agent name: {exc}") from None
+        self._claiming[agent_id] = None
+        try:
+            state = await self.names.claim(agent_id, name)
+        finally:
+            self._claiming.pop(agent_id, None)
+        if self._closed:
+            await self.names.release(agent_id)
+            self._require_running()
+        return marker_of(state.state, state.epoch)
+
+    def _on_name_state(self, agent_id: str, state: NameState) -> None:
+        """The lease keeper changed what `agent_id`'s name is: advertise it in the record."""
+        record = self.registry.local_record(agent_id)
+        marker = marker_of(state.state, state.epoch)
+        if record is None or self._closed or record.meta.get(NAME_MARKER_KEY) == marker:
+            return
+        self.registry.update(agent_id, self.now_ms(), metadata={**record.meta, NAME_MARKER_KEY: marker})
+        self.schedule_pump()
 
     # -- sending ------------------------------------------------------------------------------------------
 
@@ -1546,9 +1623,25 @@ class AgentService:
         """Operations the CLI uses (`agentnode agents/send/request/publish/broadcast/subscribe`)."""
 
         async def agents(args: dict[str, Any]) -> Any:
-            entries = self.find_agents(args.get("capability"), topic=args.get("topic"),
+            entries = self.find_agents(args.get("capability"), topic=args.get("topic"), name=args.get("name"),
                                        healthy_only=bool(args.get("healthy_only", False)))
             return [entry_json(e) for e in entries]
+
+        async def register(args: dict[str, Any]) -> Any:
+            """Register a handler-less agent (scripts and tests: it holds a name; requests to it fail "no handler")."""
+            capabilities = args.get("capabilities") or []
+            if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+                raise ValueError("capabilities must be a list of strings")
+            agent = await self.register_agent(str(args.get("name") or ""), capabilities, None, None,
+                                              agent_id=args.get("agent_id") or None, unique=bool(args.get("unique")))
+            state = agent.name_state
+            return {"agent_id": agent.agent_id, "name": agent.name, "node_id": self.node_id,
+                    "name_lease": None if state is None else {"state": state.state, "epoch": state.epoch}}
+
+        async def deregister(args: dict[str, Any]) -> Any:
+            agent_id = str(args.get("agent_id") or "")
+            await self.deregister_agent(agent_id)
+            return {"deregistered": agent_id}
 
         async def send(args: dict[str, Any]) -> Any:
             to = _target(args)
@@ -1606,6 +1699,8 @@ class AgentService:
             return self.stats()
 
         control.add("agents.list", agents)
+        control.add("agents.register", register)
+        control.add("agents.deregister", deregister)
         control.add("agents.send", send)
         control.add("agents.request", request)
         control.add("agents.publish", publish)
@@ -1624,8 +1719,14 @@ def entry_json(entry: AgentEntry) -> dict[str, Any]:
         "metadata": dict(r.metadata), "description": r.description, "version": r.version,
         "skills": [{"id": s.id, "name": s.name, "description": s.description, "tags": list(s.tags)} for s in r.skills],
         "topics": list(r.topics), "status": "healthy" if r.healthy else "unhealthy", "load": r.load,
-        "node_suspect": entry.node_suspect,
+        "node_suspect": entry.node_suspect, "name_lease": _name_lease_json(r),
     }
+
+
+def _name_lease_json(record: AgentRecord) -> dict[str, Any] | None:
+    """The advertised name lease: None for a non-unique name, else {"state", "epoch"}."""
+    parsed = parse_marker(record.meta.get(NAME_MARKER_KEY))
+    return None if parsed is None else {"state": parsed[0], "epoch": parsed[1]}
 
 
 def _target(args: dict[str, Any]) -> str | Capability:

@@ -23,6 +23,17 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message lists every problem and how to fix it."""
 
 
+def default_name_lease_ttl_ms() -> int:
+    """`$AGENTNODE_NAME_LEASE_TTL_MS`, else 30 s (names.NAME_TTL_MS_DEFAULT; tests set it short)."""
+    env = os.environ.get("AGENTNODE_NAME_LEASE_TTL_MS")
+    if env is None:
+        return 30_000
+    try:
+        return int(env)
+    except ValueError:
+        raise ConfigError(f"AGENTNODE_NAME_LEASE_TTL_MS={env!r} is not an integer number of milliseconds") from None
+
+
 def default_data_dir() -> Path:
     """`$AGENTNODE_DATA_DIR`, else `~/.agentnode`: one place the CLI and the node agree on."""
     env = os.environ.get("AGENTNODE_DATA_DIR")
@@ -57,6 +68,10 @@ class NodeConfig(BaseModel):
     """Serve Prometheus metrics on this HOST:PORT (`GET /metrics`); off by default."""
     a2a: Address | None = None
     """Serve the A2A gateway on this HOST:PORT (agent cards + JSON-RPC/REST; docs/a2a.md); off by default."""
+
+    name_lease_ttl_ms: int = Field(default_factory=default_name_lease_ttl_ms, ge=300, le=86_400_000)
+    """Lease on an agent's unique name (register_agent(unique=True)), renewed every third of it; a
+    dead node's names are free again after at most this long (docs/decisions/0085)."""
 
     @field_validator("listen", "advertise", "metrics", "a2a", mode="before")
     @classmethod

@@ -42,6 +42,7 @@ from agentnode.agent_messages import (
     decode_record,
     encode,
 )
+from agentnode.names import CONFIRMED, LOST, NAME_MARKER_KEY, parse_marker
 from agentnode.routing import LivePeers
 
 __sans_io__ = True
@@ -192,6 +193,8 @@ class Registry:
         self._by_agent: dict[str, dict[str, None]] = {}
         self._by_capability: dict[str, dict[str, None]] = {}
         self._by_topic: dict[str, dict[str, None]] = {}
+        self._by_name: dict[str, dict[str, None]] = {}
+        """Agent name -> agent ids with that name (names are not unique unless leased)."""
         self._health_timeout: dict[str, int] = {}
         self._health_deadline: dict[str, int] = {}
         self._publish_at: int | None = None
@@ -354,9 +357,14 @@ class Registry:
         entry = self.lookup(agent_id)
         return None if entry is None else entry.record.node_id
 
-    def find(self, capability: str | None = None, *, topic: str | None = None, healthy_only: bool = True,
-             include_suspect: bool = True) -> list[AgentEntry]:
-        """Agents with `capability` (and/or subscribed to `topic`); all visible agents if both are None."""
+    def find(self, capability: str | None = None, *, topic: str | None = None, name: str | None = None,
+             healthy_only: bool = True, include_suspect: bool = True) -> list[AgentEntry]:
+        """Agents with `capability` (and/or subscribed to `topic`); all visible agents if all are None.
+
+        With `name`: only agents of that name, and if one advertises a confirmed name lease, only the
+        lease holder (the highest lease epoch wins while an old holder has not yet heard it lost)."""
+        if name is not None:
+            return self._find_name(name, capability, topic, healthy_only, include_suspect)
         if capability is not None:
             ids: Iterable[str] = self._by_capability.get(capability, {})
         elif topic is not None:
@@ -380,9 +388,36 @@ class Registry:
         out.sort(key=lambda e: (e.record.agent_id, e.record.node_id))
         return out
 
+    def _find_name(self, name: str, capability: str | None, topic: str | None, healthy_only: bool,
+                   include_suspect: bool) -> list[AgentEntry]:
+        entries = []
+        for agent_id in self._by_name.get(name, {}):
+            for owner in self._by_agent.get(agent_id, ()):
+                rec = self._sets[owner].records[agent_id]
+                if rec.name == name:
+                    entries.append(self._entry(rec))
+        marked = [(parse_marker(e.record.meta.get(NAME_MARKER_KEY)), e) for e in entries]
+        confirmed = [(m[1], e) for m, e in marked if m is not None and m[0] == CONFIRMED]
+        if confirmed:
+            # One holder: the newest grant (an old holder may still advertise until it learns it lost).
+            entries = [min(confirmed, key=lambda p: (-p[0], p[1].record.node_id))[1]]
+        else:
+            entries = [e for m, e in marked if m is None or m[0] != LOST]
+        out = [e for e in entries
+               if (capability is None or capability in e.record.capabilities)
+               and (topic is None or topic in e.record.topics)
+               and (not healthy_only or e.record.status == STATUS_HEALTHY)
+               and (include_suspect or not e.node_suspect)]
+        out.sort(key=lambda e: (e.record.agent_id, e.record.node_id))
+        return out
+
     def subscriber_nodes(self, topic: str) -> list[str]:
         """Nodes hosting at least one agent subscribed to `topic`, sorted."""
         return sorted({e.record.node_id for e in self.find(topic=topic, healthy_only=False)})
+
+    def local_record(self, agent_id: str) -> AgentRecord | None:
+        """The record of `agent_id` if this node hosts it."""
+        return self._mine.records.get(agent_id)
 
     def local_agents(self) -> list[AgentRecord]:
         return [self._mine.records[a] for a in sorted(self._mine.records)]
@@ -508,6 +543,8 @@ class Registry:
         owners[rec.node_id] = None
         if len(owners) > 1:
             self.counters["agent_id_conflicts"] += 1
+        if rec.name:
+            self._by_name.setdefault(rec.name, {})[rec.agent_id] = None
         for cap in rec.capabilities:
             self._by_capability.setdefault(cap, {})[rec.agent_id] = None
         for topic in rec.topics:
@@ -519,6 +556,12 @@ class Registry:
         if not owners:
             self._by_agent.pop(rec.agent_id, None)
         still = [self._sets[o].records[rec.agent_id] for o in owners if o in self._sets]
+        if rec.name and not any(r.name == rec.name for r in still):
+            ids = self._by_name.get(rec.name)
+            if ids is not None:
+                ids.pop(rec.agent_id, None)
+                if not ids:
+                    del self._by_name[rec.name]
         for table, names in ((self._by_capability, rec.capabilities), (self._by_topic, rec.topics)):
             for name in names:
                 if any(name in (r.capabilities if table is self._by_capability else r.topics) for r in still):
