@@ -39,7 +39,7 @@ import msgpack
 
 from agentnode import events as ev
 from agentnode.crdt import CodecError, LWWRegister, StateStore, StoreLimits, VectorClock, WireLimits, from_wire, to_wire
-from agentnode.crdt.store import Repair
+from agentnode.crdt.store import Repair, markers_from_wire, markers_to_wire
 from agentnode.replication import (
     FRAME_TYPES,
     Consistency,
@@ -79,7 +79,10 @@ SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, state BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS markers (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 """
+# `markers`: a key's prune markers (decision 0024), apart from `entries` so rows written before they
+# existed load unchanged; `meta.retired` lists replica ids retired for good.
 
 
 class StateStorageError(StateError):
@@ -103,7 +106,8 @@ class StateChange:
 
 
 class StateDb:
-    """The local replica on disk: one row per key (its full CRDT state), plus the seen vector and epoch."""
+    """The local replica on disk: one row per key (its full CRDT state), the keys' prune markers, plus the
+    seen vector, the retired replica ids and the epoch."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", max_bytes: int | None = None) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
@@ -150,11 +154,18 @@ class StateDb:
         skipped = 0
         try:
             rows = conn.execute("SELECT key, state FROM entries ORDER BY key").fetchall()
+            marker_rows = dict(conn.execute("SELECT key, value FROM markers").fetchall())
         except sqlite3.Error as exc:
             raise _mapped(exc, f"cannot read the state database {self.path}") from exc
+        retired = self._meta("retired", [])
+        for replica in retired if isinstance(retired, list) else []:
+            if isinstance(replica, str) and replica and replica != replica_id:
+                store.retire(replica)
         for key, blob in rows:
             try:
-                store.apply_state(key, from_wire(msgpack.unpackb(blob, raw=False), store.limits.wire))
+                marks = marker_rows.get(key)
+                pruned = markers_from_wire(msgpack.unpackb(marks, raw=False), store.limits.wire) if marks else ()
+                store.apply_state(key, from_wire(msgpack.unpackb(blob, raw=False), store.limits.wire), pruned)
             except (CodecError, ValueError, TypeError, msgpack.UnpackException) as exc:
                 skipped += 1
                 log.warning("skipping unreadable state of key %r: %s", key, exc)
@@ -167,8 +178,10 @@ class StateDb:
         store.apply_repair(Repair((), VectorClock(counters), True))
         return store, skipped
 
-    def commit(self, entries: dict[str, bytes | None], seen: list[Any] | None, *, epoch: int | None = None) -> None:
-        """Write changed keys (None deletes the row) and the seen vector in one transaction."""
+    def commit(self, entries: dict[str, bytes | None], seen: list[Any] | None, *, epoch: int | None = None,
+               markers: dict[str, bytes | None] | None = None, retired: list[str] | None = None) -> None:
+        """Write changed keys (None deletes the row), their prune markers, the seen vector and the
+        retired ids in one transaction."""
         conn = self._require()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -179,6 +192,15 @@ class StateDb:
                     conn.executemany("INSERT OR REPLACE INTO entries (key, state) VALUES (?, ?)", upserts)
                 if deletes:
                     conn.executemany("DELETE FROM entries WHERE key = ?", deletes)
+                if markers:
+                    marks = [(k, v) for k, v in markers.items() if v is not None]
+                    unmarks = [(k,) for k, v in markers.items() if v is None]
+                    if marks:
+                        conn.executemany("INSERT OR REPLACE INTO markers (key, value) VALUES (?, ?)", marks)
+                    if unmarks:
+                        conn.executemany("DELETE FROM markers WHERE key = ?", unmarks)
+                if retired is not None:
+                    conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('retired', ?)", (msgpack.packb(retired),))
                 if seen is not None:
                     conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('seen', ?)", (msgpack.packb(seen),))
                 if epoch is not None:
@@ -255,6 +277,7 @@ class NodeState:
         self._timer_at: int | None = None
         self._pump_scheduled = False
         self._unsaved: dict[str, None] = {}
+        self._saved_retired: list[str] = []
         self._storage_error: StateStorageError | None = None
         self._waiters: dict[int, asyncio.Future[WriteDone | ReadDone]] = {}
         self._watchers: dict[str, list[asyncio.Queue[StateChange]]] = {}
@@ -276,6 +299,7 @@ class NodeState:
         self._db.open()
         epoch = self._db.begin_epoch()
         store, skipped = self._db.load(node.node_id, self._limits)
+        self._saved_retired = store.retired()
         self.counters["rows_skipped_on_load"] = skipped
         seed = node.config.seed
         rng = random.Random(f"{seed}:state" if seed is not None else os.urandom(16))
@@ -432,6 +456,8 @@ class NodeState:
         return {
             "keys": len(store.keys()),
             "tombstones": len(store.tombstones()),
+            "retired": store.retired(),
+            "prune_markers": store.marker_count(),
             "roster": core.roster(),
             "stream_lag": core.stream_lag(),
             "db_path": str(self._db.path) if self._db else None,
@@ -442,6 +468,12 @@ class NodeState:
             "store": {name: getattr(store.stats, name) for name in store.stats.__dataclass_fields__},
             "service": dict(self.counters),
         }
+
+    def retire(self, node_id: str) -> None:
+        """Retire `node_id` for good (decommissioned): its entries are folded into one owner's and
+        its id is refused from then on. Revoked nodes are retired automatically."""
+        self._require().retire(node_id, self._node.now_ms())
+        self._schedule_pump()
 
     @property
     def replicator(self) -> Replicator:
@@ -508,10 +540,12 @@ class NodeState:
         now = self._node.now_ms()
         if isinstance(event, (ev.MemberJoined, ev.MemberAlive, ev.MemberUpdated)):
             core.member_up(event.node_id, event.address, now)
-        elif isinstance(event, ev.MemberFailed):
-            core.member_down(event.node_id, now)
-        elif isinstance(event, ev.MemberLeft):
-            core.member_down(event.node_id, now, left=True)
+        elif isinstance(event, (ev.MemberFailed, ev.MemberLeft)):
+            raft = getattr(self._node, "raft", None)
+            if raft is not None and raft.refuses(event.node_id):
+                core.retire(event.node_id, now)  # revoked through the Raft group: gone for good (decision 0024)
+            else:
+                core.member_down(event.node_id, now, left=isinstance(event, ev.MemberLeft))
         else:
             return
         self._schedule_pump()
@@ -571,20 +605,24 @@ class NodeState:
     def _commit(self) -> None:
         core, db = self._core, self._db
         assert core is not None and db is not None
-        if not self._unsaved and self._storage_error is None:
+        if not self._unsaved and self._storage_error is None and core.store.retired() == self._saved_retired:
             return
         store = core.store
         keys = list(self._unsaved)
         states = store.state_for(keys)
         entries: dict[str, bytes | None] = {}
+        markers: dict[str, bytes | None] = {}
         for key in keys:
             state = states.get(key)
             entries[key] = None if state is None else msgpack.packb(to_wire(state, _UNBOUNDED), use_bin_type=True)
+            held = store.markers(key)
+            markers[key] = msgpack.packb(markers_to_wire(held)) if held and state is not None else None
         seen: list[Any] = []
         for replica, counter in store.seen().items():
             seen.extend((replica, counter))
+        retired = store.retired()
         try:
-            db.commit(entries, seen)
+            db.commit(entries, seen, markers=markers, retired=retired if retired != self._saved_retired else None)
         except StateStorageError as exc:
             self.counters["commit_failures"] += 1
             if self._storage_error is None:
@@ -592,6 +630,7 @@ class NodeState:
             self._storage_error = exc
             raise
         self.counters["commits"] += 1
+        self._saved_retired = retired
         if self._storage_error is not None:
             log.info("state: the state database accepts writes again")
         self._storage_error = None
