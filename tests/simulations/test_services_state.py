@@ -102,3 +102,15 @@ def test_cli_prints_state_figures_and_the_replay_command() -> None:
     figures = json.loads(result.stdout)
     assert figures["state"]["writes_done"] == 30 and figures["state"]["converged_at_end"]
     assert figures["replay"] == "agentnode simulate --nodes 4 --seed 9 --scenario state-partition --duration-s 20 --state-writes 30"
+
+
+def test_reconvergence_figure_at_small_scale() -> None:
+    from agentnode.simulations.reconvergence import reconvergence_figure
+
+    figure = reconvergence_figure(nodes=6, keys=300, writes=60, seed=2)
+    assert figure["violation"] is None, figure["replay"]
+    assert figure["partition_s"] == 60.0 and figure["writes_during_partition"] == 60
+    assert figure["converged_at_end"]
+    assert figure["reconverge_s"] is not None and figure["reconverge_s"] >= figure["membership_reconverge_s"]
+    assert figure["service_bytes_heal_to_converged"] > 0
+    assert figure["replay"].endswith("--scenario state-reconverge --duration-s 100 --state-keys 300 --state-writes 60")
