@@ -37,6 +37,7 @@ from typing import Any
 import msgpack
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.config import FAIL_REASON
+from pysyncobj.monotonic import monotonic as _monotonic
 from pysyncobj.node import Node
 from pysyncobj.transport import Transport
 
@@ -147,6 +148,8 @@ class RaftStats:
     frames_sent: int = 0
     messages_coalesced: int = 0
     """pysyncobj messages merged into another one or replaced by a later one before sending."""
+    commit_notices_replaced: int = 0
+    """Commit notices never built: the next write's entries carried the commit index within the hold."""
     outbox_full_drops: int = 0
     """Messages dropped because `OUTBOX_MESSAGES_MAX` were already queued for that voter in one tick."""
     frames_received: int = 0
@@ -184,6 +187,8 @@ class _LinkTransport(Transport):  # type: ignore[misc]
         self._held: dict[str, tuple[dict[str, Any], float]] = {}
         """Per voter: an append_entries without entries held back, and when it must go at the latest."""
         self._awaited: dict[str, int] = {}
+        self._last_append: tuple[dict[str, Any], bytes] | None = None
+        """The last append_entries encoded and its bytes: followers in step get equal messages."""
         """Per voter: the highest log index it forwarded a proposal for and waits to see committed;
         a commit notice that reaches it is never held (the forwarded write would wait for it)."""
 
@@ -263,12 +268,18 @@ class _LinkTransport(Transport):  # type: ignore[misc]
 
     def _send_now(self, voter_id: str, message: dict[str, Any]) -> None:
         stats = self._group.stats
-        try:
-            data = encode_message(message, self.cache)
-        except RaftFrameError as exc:
-            stats.encode_failures += 1
-            log.warning("raft: not sending %s to %s: %s", message.get("type"), voter_id, exc)
-            return
+        last = self._last_append
+        if last is not None and last[0] == message:
+            data = last[1]  # the same append_entries for the next follower: encoded once
+        else:
+            try:
+                data = encode_message(message, self.cache)
+            except RaftFrameError as exc:
+                stats.encode_failures += 1
+                log.warning("raft: not sending %s to %s: %s", message.get("type"), voter_id, exc)
+                return
+            if message["type"] == "append_entries":
+                self._last_append = (message, data)
         stats.frames_sent += 1
         self._group.link.send(voter_id, data)
 
@@ -303,6 +314,7 @@ class _LinkTransport(Transport):  # type: ignore[misc]
 
     def destroy(self) -> None:
         self._outbox.clear()
+        self._last_append = None
         self._sorted_ids = None
         self._held.clear()
         self._awaited.clear()
@@ -373,6 +385,10 @@ class PySyncObjGroup:
         self._quorum_lost_at: float | None = None
         """Loop time since when `_quorum_ok()` has been false at every tick (None: it is true)."""
         self._pending: set[asyncio.Future[tuple[Any, int]]] = set()
+        self._send_entries: Any = None
+        """pysyncobj's own `__sendAppendEntries` (the instance attribute wraps it)."""
+        self._notice_due: float | None = None
+        """Loop time by which a deferred commit notice must be built and sent (None: none owed)."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -418,6 +434,8 @@ class PySyncObjGroup:
         )
         assert self._syncobj._methodToID == {"apply_entry_v0": 0}, "raft_codec assumes one replicated method"
         _unplug_wakeups(self._syncobj)
+        self._send_entries = self._syncobj._SyncObj__sendAppendEntries
+        self._syncobj._SyncObj__sendAppendEntries = self._send_entries_or_defer
         assert self._transport is not None
         self._transport.connect_known()
         self.link.set_receiver(self._on_frame)
@@ -638,12 +656,46 @@ class PySyncObjGroup:
         self._soon_handle = None
         self.do_tick()
 
+    def _send_entries_or_defer(self) -> None:
+        """pysyncobj's `__sendAppendEntries`, except when all it would send is a commit notice.
+
+        The leader calls it after every commit (appendEntriesUseBatch=False); with every follower
+        holding the whole log and no heartbeat due, each message would be an append_entries
+        without entries, which `flush` holds anyway (decision 0035) and the next write's entries
+        replace. Building, queueing and dropping them was about a tenth of the leader's CPU per
+        sequential commit, so the notice is owed instead and built when the hold runs out
+        (`_flush`), unless a real send (entries, heartbeat) carries the commit index first.
+        A follower waiting for a write it forwarded gets it at once, as before.
+        """
+        syncobj, loop, transport = self._syncobj, self._loop, self._transport
+        hold_s = self.config.heartbeat_hold_ms / 1000
+        if (syncobj is not None and loop is not None and transport is not None and hold_s > 0
+                and not transport._awaited and _only_commit_notice(syncobj)):
+            if self._notice_due is None:
+                self._notice_due = loop.time() + hold_s
+            return
+        if self._notice_due is not None:
+            self._notice_due = None
+            self.stats.commit_notices_replaced += 1
+        self._send_entries()
+
     def _flush(self) -> None:
         transport, loop = self._transport, self._loop
         if transport is None or loop is None:
             return
         now = loop.time()
-        due = transport.flush(now, self.config.heartbeat_hold_ms / 1000)
+        hold_s = self.config.heartbeat_hold_ms / 1000
+        if self._notice_due is not None and self._notice_due <= now:
+            self._notice_due = None
+            hold_s = 0.0  # it has waited its hold already
+            try:
+                self._send_entries()
+            except Exception:
+                self.stats.tick_errors += 1
+                log.exception("raft: sending the commit notice failed")
+        due = transport.flush(now, hold_s)
+        if self._notice_due is not None and (due is None or self._notice_due < due):
+            due = self._notice_due
         if due is not None:
             self._arm(max(0.0, due - now))
 
@@ -794,6 +846,20 @@ class PySyncObjGroup:
             raise SnapshotError(f"dump {path}: bad voter list")
         self.state.restore(doc["state"])  # raises SnapshotError and keeps the old state if invalid
         return entries[0], entries[1], [Node(v) for v in voters]
+
+
+def _only_commit_notice(syncobj: Any) -> bool:
+    """Would pysyncobj's `__sendAppendEntries` send only append_entries without entries, with no
+    heartbeat due? (Leader; every connected follower's next index is past the last log entry.)"""
+    if not syncobj._isLeader() or _monotonic() > syncobj._SyncObj__newAppendEntriesTime:
+        return False
+    last = syncobj._SyncObj__getCurrentLogIndex()
+    next_index = syncobj._SyncObj__raftNextIndex
+    connected = syncobj._SyncObj__connectedNodes
+    for node in syncobj._SyncObj__otherNodes | syncobj._SyncObj__readonlyNodes:
+        if node in connected and next_index[node] <= last:
+            return False
+    return True
 
 
 class _NoPoller:

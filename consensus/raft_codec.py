@@ -89,6 +89,8 @@ class CommandWireCache:
         self._entries_max = entries_max
         self._wire: dict[bytes, list[Any]] = {}
         self._entries: dict[bytes, tuple[Command, int]] = {}
+        self.pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+        """This group's packer: `msgpack.packb` builds a Packer per call."""
 
     def remember_entry(self, payload: bytes, decoded: tuple[Command, int]) -> None:
         """`decoded` is `decode_entry(payload)` (or what `encode_entry` was given for it)."""
@@ -141,24 +143,29 @@ def encode_message(message: dict[str, Any], cache: CommandWireCache | None = Non
     if not isinstance(message, dict):
         raise RaftFrameError(f"raft message must be a dict, got {type(message).__name__}")
     kind = message.get("type")
-    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
-    if schema is None:
+    compiled = _COMPILED.get(kind) if isinstance(kind, str) else None
+    if compiled is None:
         raise RaftFrameError(f"raft message type {kind!r} is not on the allow-list")
+    fields, required = compiled
     body: dict[str, Any] = {}
     for key, value in message.items():
         if key == "type":
             continue
-        checker = schema.get(key) or schema.get("?" + key)
-        if checker is None:
+        spec = fields.get(key)
+        if spec is None:
             raise RaftFrameError(f"{kind}: field {key!r} is not allowed (chunked 'transmission' entries are refused)")
+        checker, encode, _, where = spec
         if cache is not None and checker == "entries":
-            body[key] = _entries_out(value, f"{kind}.{key}", cache.to_wire)
+            body[key] = _entries_out(value, where, cache.to_wire)
         elif cache is not None and checker == "command":
             body[key] = cache.to_wire(value)
         else:
-            body[key] = _ENCODERS[checker](value, f"{kind}.{key}")
-    _check_required(kind, schema, body)
-    data = msgpack.packb([RAFT_FRAME_VERSION, kind, body], use_bin_type=True)
+            body[key] = encode(value, where)
+    for key in required:
+        if key not in body:
+            raise RaftFrameError(f"{kind}: missing field {key!r}")
+    frame = [RAFT_FRAME_VERSION, kind, body]
+    data = cache.pack(frame) if cache is not None else msgpack.packb(frame, use_bin_type=True)
     if len(data) > RAFT_FRAME_BYTES_MAX:
         raise RaftFrameError(f"{kind} frame of {len(data)} bytes exceeds RAFT_FRAME_BYTES_MAX={RAFT_FRAME_BYTES_MAX}")
     return data
@@ -185,26 +192,30 @@ def decode_message(data: bytes, cache: CommandWireCache | None = None) -> dict[s
     version, kind, body = value
     if type(version) is not int or version != RAFT_FRAME_VERSION:
         raise RaftFrameError(f"raft frame version {version!r}; this node speaks {RAFT_FRAME_VERSION}")
-    schema = _SCHEMAS.get(kind) if isinstance(kind, str) else None
-    if schema is None:
+    compiled = _COMPILED.get(kind) if isinstance(kind, str) else None
+    if compiled is None:
         raise RaftFrameError(f"raft message type {kind!r} is not on the allow-list")
+    fields, required = compiled
     message: dict[str, Any] = {"type": kind}
     for key, field_value in body.items():
-        if not isinstance(key, str):
-            raise RaftFrameError(f"{kind}: field names must be strings")
-        checker = schema.get(key) or schema.get("?" + key)
-        if checker is None:
+        spec = fields.get(key) if isinstance(key, str) else None
+        if spec is None:
+            if not isinstance(key, str):
+                raise RaftFrameError(f"{kind}: field names must be strings")
             raise RaftFrameError(f"{kind}: field {key!r} is not allowed")
+        checker, _, decode, where = spec
         if cache is not None and checker == "entries":
-            decoded = _entries_in(field_value, f"{kind}.{key}", cache)
+            decoded = _entries_in(field_value, where, cache)
         elif cache is not None and checker == "command":
             decoded = command_from_wire(field_value, cache)
         else:
-            decoded = _DECODERS[checker](field_value, f"{kind}.{key}")
+            decoded = decode(field_value, where)
         if checker == "snapshot_chunk" and decoded is None:
             continue  # pysyncobj would crash unpacking False; "no chunk" is the same as absent
         message[key] = decoded
-    _check_required(kind, schema, message)
+    for key in required:
+        if key not in message:
+            raise RaftFrameError(f"{kind}: missing field {key!r}")
     return message
 
 
@@ -314,12 +325,6 @@ def command_from_wire(value: Any, cache: CommandWireCache | None = None) -> byte
 # -- field codecs ------------------------------------------------------------------------------
 
 
-def _check_required(kind: str, schema: dict[str, str], present: dict[str, Any]) -> None:
-    for key in schema:
-        if not key.startswith("?") and key not in present:
-            raise RaftFrameError(f"{kind}: missing field {key!r}")
-
-
 def _is_voter_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= VOTER_ID_CHARS_MAX
 
@@ -409,6 +414,19 @@ _DECODERS = {
     "index": _index, "index_or_none": _index_or_none, "bool": _bool, "fail_reason": _fail_reason,
     "entries": _entries_in, "command": _command_in, "snapshot_chunk": _snapshot_in,
 }
+
+
+def _compile(schema: dict[str, str], kind: str) -> tuple[dict[str, tuple[str, Any, Any, str]], tuple[str, ...]]:
+    fields = {}
+    for key, checker in schema.items():
+        name = key.lstrip("?")
+        fields[name] = (checker, _ENCODERS[checker], _DECODERS[checker], f"{kind}.{name}")
+    return fields, tuple(k for k in schema if not k.startswith("?"))
+
+
+_COMPILED = {kind: _compile(schema, kind) for kind, schema in _SCHEMAS.items()}
+"""`_SCHEMAS` looked up once: field name -> (checker, encoder, decoder, where); required names.
+Read-only after import (a table, not state)."""
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
