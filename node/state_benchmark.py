@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from agentnode.crdt import StateStore, StoreLimits, to_wire
+from agentnode.crdt.store import markers_to_wire
 from agentnode.replication import (
     ReadDone,
     ReplicationConfig,
@@ -47,6 +48,7 @@ class ReplicaNet:
         latency_ms: tuple[int, int] = (1, 5),
         loss: float = 0.0,
         connect: bool = True,
+        id_prefix: str = "r",
     ) -> None:
         self.rng = random.Random(seed)
         self.config = config or ReplicationConfig()
@@ -54,7 +56,7 @@ class ReplicaNet:
         self.latency_ms = latency_ms
         self.loss = loss
         self.now = 0
-        self.ids = [f"r{i:03d}" for i in range(size)]
+        self.ids = [f"{id_prefix}{i:03d}" for i in range(size)]
         self.nodes: dict[str, Replicator] = {}
         self.epochs: dict[str, int] = {}
         self.up: dict[str, bool] = {}
@@ -236,6 +238,10 @@ class ReplicaNet:
         heapq.heappush(self._heap, (at, self._seq, kind, payload))
 
 
+NODE_ID_CHARS = 20
+"""Length of a real node id (transport/identity.py NODE_ID_LENGTH), used for the prune figure."""
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 
 
@@ -363,6 +369,57 @@ def _partition_heal(nodes: int, keys: int, writes: int, partition_ms: int, seed:
     }
 
 
+def _prune_savings(keys: int, seed: int = 5) -> dict[str, Any]:
+    """Bytes per key a fold saves: 4 replicas write every key (counters, sets, maps), one is retired,
+    the owner folds it; encoded state per key before, right after the fold (markers included) and
+    once the markers are collected, plus the bytes the fold itself put on the wire."""
+    config = ReplicationConfig(gc_interval_ms=500, digest_interval_ms=500)
+    net = ReplicaNet(4, seed=seed, config=config, id_prefix="n" * (NODE_ID_CHARS - 3))
+    net.run(300)
+    kinds = (("gcounter", "increment", lambda r, i: (1,)), ("pncounter", "decrement", lambda r, i: (2,)),
+             ("orset", "add", lambda r, i: (f"{r}-{i}",)),
+             ("ormap", "update", lambda r, i: (r, "mvregister", "write", i)))
+    for node_id in net.ids:
+        for i in range(keys):
+            type_name, op, args = kinds[i % len(kinds)]
+            net.call(node_id, lambda c, i=i, t=type_name, o=op, a=args, n=node_id: c.update(f"key-{i:05d}", t, o, a(n, i), net.now))
+        net.run(50)
+    net.run_until(net.now + 60_000, stop=net.converged)
+    owner, gone = net.ids[0], net.ids[3]
+
+    def per_key() -> float:
+        store = net.nodes[owner].store
+        total = 0
+        for k, st in store.state_for(store.keys()).items():
+            marks = store.markers(k)
+            total += len(msgpack.packb([k, to_wire(st), markers_to_wire(marks)] if marks else [k, to_wire(st)], use_bin_type=True))
+        return total / max(1, len(store.keys()))
+
+    before = per_key()
+    net.crash(gone)
+    base = net.bytes_total()
+    for node_id in net.live():
+        net.call(node_id, lambda c: c.retire(gone, net.now))
+    folded = net.run_until(net.now + 120_000, stop=lambda: net.converged() and not any(
+        net.nodes[n].store.keys_mentioning(gone, 1) for n in net.live()))
+    fold_bytes = net.bytes_total() - base
+    with_markers = per_key()
+    collected = net.run_until(net.now + 120_000, stop=lambda: all(net.nodes[n].store.marker_count() == 0 for n in net.live()))
+    after = per_key()
+    return {
+        "keys": keys,
+        "replicas_before": 4,
+        "replica_id_chars": len(gone),
+        "bytes_per_key_before": round(before, 1),
+        "bytes_per_key_with_markers": round(with_markers, 1),
+        "bytes_per_key_after": round(after, 1),
+        "bytes_saved_per_key": round(before - after, 1),
+        "fold_wire_bytes_per_key": round(fold_bytes / max(1, keys), 1),
+        "folded": folded,
+        "markers_collected": collected,
+    }
+
+
 def _node_state_updates(count: int, clock: Callable[[], float]) -> dict[str, Any]:
     """Updates/s through `node.state` on a one-node runtime (memory transport): each call commits to SQLite."""
     import asyncio
@@ -395,4 +452,5 @@ def run_state_benchmark(*, updates: int = 20_000, nodes: int = 50, keys: int = 1
         "node_state": _node_state_updates(min(updates, 5_000), clock),
         "repair": _repair_bytes(min(keys, 10_000), 200),
         "partition_heal": _partition_heal(nodes, keys, writes, partition_ms, seed, clock),
+        "prune": _prune_savings(min(keys, 1_000)),
     }

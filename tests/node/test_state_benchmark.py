@@ -19,3 +19,6 @@ def test_bench_state_small_run_reports_all_figures() -> None:
     assert figures["repair"]["converged"] and figures["repair"]["repair_bytes"] > 0
     heal = figures["partition_heal"]
     assert heal["sides_converged_before_heal"] and heal["converged"] and heal["reconverge_s"] is not None
+    prune = figures["prune"]
+    assert prune["folded"] and prune["markers_collected"]
+    assert prune["bytes_per_key_after"] < prune["bytes_per_key_before"]
