@@ -11,8 +11,8 @@ greater after every restart) and a per-epoch counter. No uuid, no randomness: id
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Union
 
 from agentnode.messages import MAX_CLUSTER_CHARS, MAX_ID_CHARS, MAX_INCARNATION, PROTOCOL_VERSION, FrameError
@@ -60,7 +60,10 @@ __all__ = [
     "STATUS_UNHEALTHY",
     "STATUSES",
     "decode",
+    "batch_wire",
     "encode",
+    "envelope_wire",
+    "fast_constructor",
     "is_agent_frame",
 ]
 
@@ -397,6 +400,25 @@ def _record_wire(r: AgentRecord) -> list[Any]:
     ]
 
 
+def fast_constructor(cls: type) -> Callable[..., Any]:
+    """A positional constructor for the frozen slots dataclass `cls` that sets the slots through their
+    descriptors: the same object as `cls(...)` in about half the time (a frozen dataclass's `__init__`
+    goes through `object.__setattr__` per field). For per-message events on the hot path only (decision
+    0119); every field must be given, in declaration order, and `__post_init__` does not run."""
+    names = [f.name for f in fields(cls)]
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} validates in __post_init__; construct it normally")
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    for i, name in enumerate(names):
+        namespace[f"s{i}"] = getattr(cls, name).__set__
+    args = ", ".join(f"a{i}" for i in range(len(names)))
+    body = "".join(f"    s{i}(o, a{i})\n" for i in range(len(names)))
+    exec(f"def make({args}):\n    o = new(cls)\n{body}    return o\n", namespace)  # noqa: S102 (as dataclasses does)
+    make = namespace["make"]
+    make.__name__ = make.__qualname__ = f"fast_{cls.__name__}"
+    return make  # type: ignore[no-any-return]
+
+
 def _mid(m: MessageId) -> list[Any]:
     return [m.origin, m.epoch, m.counter]
 
@@ -598,9 +620,18 @@ def _decode_set(f: Any) -> RegistrySet:
 
 
 def _envelope(e: Any) -> Envelope:
-    """One envelope, validated field by field in one pass (the hot path of every data frame)."""
-    if (type(e) is not list and type(e) is not tuple) or len(e) != 12:
-        raise _bad("bad envelope")
+    return Envelope(*envelope_wire(e))
+
+
+def envelope_wire(e: Any) -> list[Any]:
+    """One envelope in wire form, validated field by field in one pass (the hot path of every data frame),
+    with its ids as `MessageId`: the delivery core reads the list by position (`ENV_*`), so a data frame
+    costs no object per message before the handler's (decision 0119)."""
+    if type(e) is not list or len(e) != 12:
+        if type(e) is tuple and len(e) == 12:
+            e = list(e)
+        else:
+            raise _bad("bad envelope")
     session, seq, floor, mid, kind, dest, src, priority, ttl, flags, corr, payload = e
     if (type(session) is not int or type(seq) is not int or type(floor) is not int or type(kind) is not int
             or type(priority) is not int or type(ttl) is not int or type(flags) is not int
@@ -613,14 +644,50 @@ def _envelope(e: Any) -> Envelope:
     if (session == 0) != (seq == 0):
         raise _bad("bad channel position")
     if corr is not None:
-        corr = _msg_id(corr)
+        e[10] = _msg_id(corr)
     if (kind == KIND_RESPONSE or kind == KIND_ERROR) != (corr is not None):
         raise _bad("responses and only responses carry a correlation id")
     if type(dest) is not str or len(dest) > MAX_AGENT_ID_CHARS or type(src) is not str or len(src) > MAX_AGENT_ID_CHARS:
         raise _bad("bad text field")
     if type(payload) is not bytes or len(payload) > MAX_PAYLOAD_BYTES:
         raise _bad("bad payload")
-    return Envelope(session, seq, floor, _msg_id(mid), kind, dest, src, priority, ttl, flags, corr, payload)
+    if type(mid) is not MessageId:
+        if type(mid) is not list or len(mid) != 3:
+            e[3] = _msg_id(mid)
+        else:
+            origin, epoch, counter = mid
+            if (type(origin) is not str or not origin or len(origin) > MAX_ID_CHARS or type(epoch) is not int
+                    or type(counter) is not int or not 0 <= epoch <= MAX_INCARNATION
+                    or not 0 <= counter <= MAX_INCARNATION):
+                e[3] = _msg_id(mid)  # raises the precise error
+            e[3] = _new_id(MessageId, mid)
+    return e
+
+
+def batch_wire(frame: Any, cluster: str) -> tuple[list[list[Any]], Acks | None]:
+    """A data frame's envelopes in validated wire form (see `envelope_wire`) and its piggybacked acks.
+    Same checks and `FrameError`s as `decode`; for the delivery core's receive path."""
+    if type(frame) is not list and type(frame) is not tuple or len(frame) < 4:
+        raise FrameError("dropped_malformed", "frame too short")
+    if type(frame[0]) is not int or frame[0] != PROTOCOL_VERSION:
+        raise FrameError("dropped_version", f"unknown protocol version {frame[0]!r}")
+    if type(frame[1]) is not str or len(frame[1]) > MAX_CLUSTER_CHARS or frame[1] != cluster:
+        raise FrameError("dropped_wrong_cluster", "frame from another cluster")
+    if frame[2] != _T_BATCH or (len(frame) != 4 and len(frame) != 6):
+        raise FrameError("dropped_malformed", "not a data frame")
+    try:
+        envelopes = [envelope_wire(e) for e in _array(frame[3], MAX_ENVELOPES_PER_BATCH)]
+        return envelopes, (None if len(frame) == 4 else _acks_from(frame[4], frame[5]))
+    except FrameError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError, UnicodeError) as exc:
+        raise FrameError("dropped_malformed", f"bad field: {exc}") from None
+
+
+_new_id = tuple.__new__
+ENV_SESSION, ENV_SEQ, ENV_FLOOR, ENV_MSG_ID, ENV_KIND, ENV_DEST, ENV_SRC, ENV_PRIORITY, ENV_TTL, ENV_FLAGS, \
+    ENV_CORRELATION, ENV_PAYLOAD = range(12)
+"""Positions of an envelope's fields in its wire form (`batch_frame`, `envelope_wire`)."""
 
 
 def _decode_batch(f: Any) -> Batch:

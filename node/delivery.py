@@ -54,14 +54,15 @@ from agentnode.agent_messages import (
     AckEntry,
     Acks,
     Batch,
-    Envelope,
     FrameError,
     MessageId,
     Outgoing,
     RejectEntry,
     batch_frame,
+    batch_wire,
     decode,
     encode,
+    fast_constructor,
 )
 from agentnode.routing import LivePeers
 
@@ -253,6 +254,9 @@ class Expired:
     confirmed: bool = False
 
 
+_incoming = fast_constructor(Incoming)
+_delivered = fast_constructor(MessageDelivered)
+
 MessageFailed = Union[UnknownAgent, NodeUnreachable, DeadlineExceeded, HandlerError, Backpressure, Expired]
 DeliveryEvent = Union[Incoming, MessageDelivered, ResponseReceived, MessageFailed]
 
@@ -278,6 +282,8 @@ class SendQueueFull(Exception):
 # -- internal state -----------------------------------------------------------------------------------
 
 _QUEUED, _INFLIGHT, _DONE = 0, 1, 2
+_T_BATCH_FRAME = 40
+"""`agent_messages` frame type of a data frame (`Batch`), routed to the envelope-free receive path."""
 _T_RETRY, _T_TTL, _T_REQUEST, _T_SWEEP, _T_CH_RETRY, _T_CH_TTL = 0, 1, 2, 3, 4, 5
 
 
@@ -341,7 +347,8 @@ class _RecvChannel:
     def __init__(self, session: int, now_ms: int) -> None:
         self.session = session
         self.upto = 0
-        self.buffer: dict[int, Envelope] = {}
+        self.buffer: dict[int, list[Any]] = {}
+        """Out-of-order envelopes in wire form (`agent_messages.envelope_wire`) by seq."""
         self.rejected: dict[int, RejectEntry] = {}
         self.last_ms = now_ms
 
@@ -581,6 +588,20 @@ class Delivery:
     def receive(self, sender_id: str, frame: Any, now_ms: int) -> None:
         """One data or ack frame from the authenticated `sender_id`; garbage is counted and dropped."""
         self.counters["frames_received"] += 1
+        if (type(frame) is list or type(frame) is tuple) and len(frame) > 3 and frame[2] == _T_BATCH_FRAME:
+            # Data frames skip the `Envelope` objects: envelopes stay in (validated) wire form (decision 0119).
+            try:
+                envelopes, acks = batch_wire(frame, self.cluster)
+            except FrameError as exc:
+                self.counters[exc.counter] += 1
+                return
+            if sender_id == self.node_id:
+                self.counters["dropped_malformed"] += 1
+                return
+            if acks is not None:
+                self._on_acks(sender_id, acks, now_ms)
+            self._on_batch(sender_id, envelopes, now_ms)
+            return
         try:
             msg = decode(frame, self.cluster)
         except FrameError as exc:
@@ -589,10 +610,8 @@ class Delivery:
         if sender_id == self.node_id:
             self.counters["dropped_malformed"] += 1
             return
-        if type(msg) is Batch:
-            if msg.acks is not None:
-                self._on_acks(sender_id, msg.acks, now_ms)
-            self._on_batch(sender_id, msg, now_ms)
+        if type(msg) is Batch:  # only from a frame that `batch_wire` refused as a data frame: cannot happen
+            self.counters["dropped_malformed"] += 1
         elif type(msg) is Acks:
             self._on_acks(sender_id, msg, now_ms)
         else:
@@ -975,9 +994,9 @@ class Delivery:
                     self._tracked -= 1
                     m.state = _DONE
                 if len(events) < MAX_EVENTS:
-                    events.append(MessageDelivered(m.msg_id, sender, m.dest_agent))
+                    events.append(_delivered(m.msg_id, sender, m.dest_agent))
                 else:
-                    self._emit(MessageDelivered(m.msg_id, sender, m.dest_agent))
+                    self._emit(_delivered(m.msg_id, sender, m.dest_agent))
             if acked:
                 ch.progress_ms = now_ms
                 self.counters["delivered_acks"] += acked
@@ -1037,39 +1056,41 @@ class Delivery:
 
     # -- receiver internals -------------------------------------------------------------------------------
 
-    def _on_batch(self, sender: str, batch: Batch, now_ms: int) -> None:
+    def _on_batch(self, sender: str, envelopes: list[list[Any]], now_ms: int) -> None:
         c = self.config
         counters = self.counters
-        counters["received"] += len(batch.envelopes)
+        counters["received"] += len(envelopes)
         last_key: tuple[str, str, int] | None = None
         rc: _RecvChannel | None = None
-        for env in batch.envelopes:
-            if env.session == 0:
+        for env in envelopes:
+            session = env[0]
+            if session == 0:
                 self._consume(sender, env, None, now_ms)
                 continue
-            key = (sender, env.dest_agent, env.priority)
-            if key != last_key or rc is None or env.session != rc.session:
+            key = (sender, env[5], env[7])
+            if key != last_key or rc is None or session != rc.session:
                 # A new channel in this frame (frames hold runs of one channel): look it up once per run.
                 rc = self._recv.get(key)
-                if rc is None or env.session > rc.session:
-                    rc = self._recv[key] = _RecvChannel(env.session, now_ms)
+                if rc is None or session > rc.session:
+                    rc = self._recv[key] = _RecvChannel(session, now_ms)
                     self._arm_sweep(now_ms)
-                elif env.session < rc.session:
+                elif session < rc.session:
                     counters["stale_session"] += 1
                     rc = None
                     continue
                 rc.last_ms = now_ms
                 self._ack_due.setdefault(sender, {})[key] = None
                 last_key = key
-            seq = env.seq
+            seq = env[1]
             if seq == rc.upto + 1 and not rc.buffer:
                 # In order with nothing held back (the common case): consume without buffering.
                 if self._consume(sender, env, rc, now_ms):
                     rc.upto = seq
                 continue
-            if env.floor - 1 > rc.upto:
-                counters["skipped"] += env.floor - 1 - rc.upto
-                rc.upto = env.floor - 1
+            floor = env[2]
+            if floor - 1 > rc.upto:
+                counters["skipped"] += floor - 1 - rc.upto
+                rc.upto = floor - 1
                 for old in [s for s in rc.buffer if s <= rc.upto]:
                     del rc.buffer[old]
             if seq <= rc.upto:
@@ -1097,53 +1118,65 @@ class Delivery:
             del buffer[rc.upto + 1]
             rc.upto += 1
 
-    def _consume(self, sender: str, env: Envelope, rc: _RecvChannel | None, now_ms: int) -> bool:
-        """Deliver or reject one in-order envelope. False only for "busy" (inbox full, sender waits)."""
-        durable = bool(env.flags & FLAG_DURABLE)
+    def _consume(self, sender: str, env: list[Any], rc: _RecvChannel | None, now_ms: int) -> bool:
+        """Deliver or reject one in-order envelope (wire form). False only for "busy" (inbox full, sender waits)."""
+        #   0        1    2      3       4     5           6          7         8       9      10           11
+        # [session, seq, floor, msg_id, kind, dest_agent, src_agent, priority, ttl_ms, flags, correlation, payload]
+        flags = env[9]
+        durable = bool(flags & FLAG_DURABLE)
         if durable:
             seen = self._durable_seen.get(sender)
-            if seen is not None and env.msg_id in seen:
+            if seen is not None and env[3] in seen:
                 self.counters["durable_duplicates"] += 1
                 return True
-        if env.kind == KIND_RESPONSE or env.kind == KIND_ERROR:
-            self._on_response(sender, env.src_agent, env.kind, env.correlation, env.payload)
-            self._remember_durable(sender, env, durable)
+        kind = env[4]
+        if kind == KIND_RESPONSE or kind == KIND_ERROR:
+            self._on_response(sender, env[6], kind, env[10], env[11])
+            self._remember_durable(sender, env[3], durable)
             return True
-        agent = env.dest_agent
-        if agent not in self._capacity:
+        agent = env[5]
+        capacity = self._capacity.get(agent)
+        if capacity is None:
             self.counters["rejected_unknown_agent"] += 1
             self._reject_env(sender, env, rc, REASON_UNKNOWN_AGENT, f"no agent {agent!r} on node {self.node_id}")
             return True
-        if self._inbox[agent] >= self._capacity[agent]:
-            if rc is not None and env.flags & FLAG_WAIT_IF_FULL:
+        inbox = self._inbox
+        if inbox[agent] >= capacity:
+            if rc is not None and flags & FLAG_WAIT_IF_FULL:
                 self.counters["busy"] += 1
                 self._rejects.setdefault(sender, []).append(RejectEntry(
-                    env.msg_id, agent, env.priority, env.session, env.seq, REASON_BUSY, "inbox full, retry"))
+                    env[3], agent, env[7], env[0], env[1], REASON_BUSY, "inbox full, retry"))
                 return False
             self.counters["rejected_backpressure"] += 1
             self._reject_env(sender, env, rc, REASON_BACKPRESSURE,
-                             f"inbox of {agent!r} on node {self.node_id} is full ({self._capacity[agent]})")
+                             f"inbox of {agent!r} on node {self.node_id} is full ({capacity})")
             return True
-        self._inbox[agent] += 1
+        inbox[agent] += 1
         self.counters["delivered"] += 1
         if durable:
-            self._remember_durable(sender, env, durable)
-        self._emit(Incoming(env.msg_id, sender, env.src_agent, agent, env.kind, env.priority, env.payload,
-                            now_ms + env.ttl_ms if env.ttl_ms else None, rc is not None))
+            self._remember_durable(sender, env[3], durable)
+        ttl = env[8]
+        event = _incoming(env[3], sender, env[6], agent, kind, env[7], env[11], now_ms + ttl if ttl else None,
+                          rc is not None)
+        events = self._events
+        if len(events) < MAX_EVENTS:
+            events.append(event)
+        else:
+            self._emit(event)
         return True
 
-    def _reject_env(self, sender: str, env: Envelope, rc: _RecvChannel | None, reason: int, detail: str) -> None:
-        entry = RejectEntry(env.msg_id, env.dest_agent, env.priority, env.session, env.seq, reason, detail)
+    def _reject_env(self, sender: str, env: list[Any], rc: _RecvChannel | None, reason: int, detail: str) -> None:
+        entry = RejectEntry(env[3], env[5], env[7], env[0], env[1], reason, detail)
         if rc is not None:
             if len(rc.rejected) >= MAX_REJECTS_REMEMBERED:
                 del rc.rejected[next(iter(rc.rejected))]
-            rc.rejected[env.seq] = entry
+            rc.rejected[env[1]] = entry
         self._reject(sender, entry)
 
     def _reject(self, node: str, entry: RejectEntry) -> None:
         self._rejects.setdefault(node, []).append(entry)
 
-    def _remember_durable(self, sender: str, env: Envelope, durable: bool) -> None:
+    def _remember_durable(self, sender: str, msg_id: MessageId, durable: bool) -> None:
         if not durable:
             return
         seen = self._durable_seen.get(sender)
@@ -1153,7 +1186,7 @@ class Delivery:
             seen = self._durable_seen[sender] = {}
         if len(seen) >= self.config.durable_dedup:
             del seen[next(iter(seen))]
-        seen[env.msg_id] = None
+        seen[msg_id] = None
 
     def _on_response(self, node: str, from_agent: str, kind: int, correlation: MessageId | None, payload: bytes) -> None:
         pending = None if correlation is None else self._requests.pop(correlation, None)
