@@ -555,8 +555,20 @@ class NodeState:
         self._timer_at = None
         if self._core is None or self._closed:
             return
-        self._core.handle_timer(self._node.now_ms())
+        now = self._node.now_ms()
+        self._retire_revoked(now)
+        self._core.handle_timer(now)
         self._pump()
+
+    def _retire_revoked(self, now: int) -> None:
+        """Retire failed roster members the Raft group has revoked since membership reported them."""
+        raft = getattr(self._node, "raft", None)
+        core = self._core
+        if raft is None or core is None:
+            return
+        for node_id, live in core.roster().items():
+            if not live and node_id != core.node_id and raft.refuses(node_id):
+                core.retire(node_id, now)
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled and self._loop is not None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
+import pytest
 
 from agentnode.config import NodeConfig
 from agentnode.crdt import StateStore, to_wire
@@ -101,3 +102,27 @@ def test_state_db_keeps_markers_and_retired_ids(tmp_path: Path) -> None:
     assert stale is not None
     loaded.apply_state("c", stale)  # still stripped after the restart: no double count
     assert loaded.value("c") == 5
+
+
+async def test_a_revoked_node_is_retired_and_folded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = MemoryHub()
+    nodes = [_node(hub, tmp_path, i) for i in (1, 2, 3)]
+    for node in nodes:
+        await node.start()
+    try:
+        await _until("membership", lambda: all(len(n.state.replicator.live_peers()) == 2 for n in nodes))
+        for i, node in enumerate(nodes):
+            await node.state.increment("visits", i + 1)
+        await _until("convergence", lambda: all(n.state.local_value("visits") == 6 for n in nodes))
+        gone = nodes[2].node_id
+        live = nodes[:2]
+        for node in live:
+            assert node.raft is not None
+            monkeypatch.setattr(node.raft, "refuses", lambda node_id: node_id == gone)
+        await nodes[2].stop()
+        await _until("the fold", lambda: all(n.state.replicator.retired() == [gone] for n in live)
+                     and not any(_mentions(n, gone) for n in live), 30)
+        assert all(n.state.local_value("visits") == 6 for n in live)
+    finally:
+        for node in nodes[:2]:
+            await node.stop()
