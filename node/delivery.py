@@ -167,6 +167,8 @@ class Incoming:
     """Local time after which the message is stale (call `drop_expired` instead of handling it)."""
     reliable: bool
     """False for best-effort messages."""
+    durable: bool = False
+    """Sent in durable mode: the runtime records it in the receiver's inbox before the ack leaves (node/inbox.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1050,7 +1052,7 @@ class Delivery:
         self._inbox[m.dest_agent] += 1
         self.counters["delivered"] += 1
         self._emit(Incoming(m.msg_id, self.node_id, m.src_agent, m.dest_agent, m.kind, m.priority, m.payload,
-                            m.expires_ms, m.reliable))
+                            m.expires_ms, m.reliable, m.durable))
         if m.reliable:
             self._emit(MessageDelivered(m.msg_id, self.node_id, m.dest_agent))
 
@@ -1157,7 +1159,7 @@ class Delivery:
             self._remember_durable(sender, env[3], durable)
         ttl = env[8]
         event = _incoming(env[3], sender, env[6], agent, kind, env[7], env[11], now_ms + ttl if ttl else None,
-                          rc is not None)
+                          rc is not None, durable)
         events = self._events
         if len(events) < MAX_EVENTS:
             events.append(event)
