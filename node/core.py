@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,9 @@ MAX_EVENTS = 100_000
 """Events waiting for `next_event`; beyond this the oldest are dropped and counted."""
 LEAVE_FANOUT_MULT = 2
 """A leave is sent at once to gossip_nodes * this many members, then gossiped as usual."""
+
+LIVE_STALE_MIN = 32
+"""Departed members left in the live list before it is compacted (and at least as many as live ones)."""
 
 _TIMER_SUSPICION = 0
 _TIMER_RELAY = 1
@@ -190,10 +194,13 @@ class NodeCore:
         self._me = MemberRecord(node_id, address, ALIVE, incarnation, meta, 0)
         self._members: dict[str, MemberRecord] = {node_id: self._me}
         self._live: list[str] = []
-        self._live_pos: dict[str, int] = {}
+        """Live members (alive or suspect) plus departed ones not yet compacted out; see `_live_add`."""
+        self._live_count = 0
+        self._live_stale = 0
         self._gone_order: list[str] = []
         self._gone_next = 0
         self._by_address: dict[str, str] = {}
+        """Seed address -> the member listening there (seeds only: one entry per member costs memory at N^2)."""
         self._queue = Dissemination(profile.broadcast_queue_max)
         self._awareness = Awareness(profile.awareness_max_multiplier)
         self._order = ProbeOrder(rng)
@@ -234,7 +241,7 @@ class NodeCore:
         self._k = 0
         self._susp_min_ms = 0
         self._susp_max_ms = 0
-        self._resize()
+        self._resize_due = True
 
     # ------------------------------------------------------------------ public API
 
@@ -282,6 +289,8 @@ class NodeCore:
                 continue
             self._seeds[address] = None
             fresh.append(address)
+        if fresh and len(self._members) > 1:
+            self._index_seed_addresses(fresh)
         if not self._started or self._leaving:
             return
         for address in fresh[:MAX_SEED_CONTACTS_PER_TICK]:
@@ -407,7 +416,7 @@ class NodeCore:
 
     def live_count(self) -> int:
         """Members other than this node that are alive or suspect."""
-        return len(self._live)
+        return self._live_count
 
     # ------------------------------------------------------------------ message handlers
 
@@ -517,8 +526,16 @@ class NodeCore:
         Merged facts are not re-gossiped (the remote side already spreads them; re-gossiping a whole
         member list makes every join an O(N) broadcast storm), except a joiner's own entry.
         """
+        members = self._members
+        me = self._me
         for u in states:
             node_id = u.node_id
+            rec = members.get(node_id)
+            if rec is not None and rec is not me:
+                # Most of a full state is old news; skip what `_apply` would ignore anyway (an older
+                # incarnation never applies, an alive one must be newer) before building anything.
+                if u.incarnation < rec.incarnation or (u.incarnation == rec.incarnation and u.kind == KIND_ALIVE):
+                    continue
             if node_id == self.node_id:
                 self._about_me(u, sender, now_ms)
                 continue
@@ -547,6 +564,8 @@ class NodeCore:
             else:
                 self._counters["updates_unknown_member"] += 1
             return
+        if u.incarnation < rec.incarnation or (u.incarnation == rec.incarnation and kind == KIND_ALIVE):
+            return  # old news, ignored by every rule below (also tested in `_merge`, keep in step)
         if kind == KIND_DEAD and rec.state == ALIVE and u.incarnation >= rec.incarnation:
             # Someone else's verdict on a member we never suspected (it may be stale: queued behind a
             # partition, or from the other side of one). Suspect it instead, so it can still refute.
@@ -625,12 +644,14 @@ class NodeCore:
         was_live = old_state == ALIVE or old_state == SUSPECT
         is_live = new_state == ALIVE or new_state == SUSPECT
         if was_live and not is_live:
-            self._live_remove(rec.node_id)
+            self._live_remove(rec)
             self._gone_order.append(rec.node_id)
         elif is_live and not was_live:
-            self._live_add(rec.node_id)
+            self._live_add(rec)
         if new_state == SUSPECT:
             self._counters["suspicions"] += 1
+            if self._resize_due:
+                self._resize()
             s = Suspicion(rec.incarnation, accuser, self._k, self._susp_min_ms, self._susp_max_ms, now_ms)
             rec.suspicion = s
             self._push_timer(s.deadline_ms, _TIMER_SUSPICION, rec.node_id)
@@ -642,28 +663,31 @@ class NodeCore:
             rec.suspicion = None
 
     def _add_alive(self, u: Update, now_ms: int, gossip: bool) -> None:
-        rec = MemberRecord(u.node_id, u.address, ALIVE, u.incarnation, u.metadata, now_ms)
-        self._members[u.node_id] = rec
-        if u.address:
-            self._by_address[u.address] = u.node_id
-        self._live_add(u.node_id)
+        # Ids and addresses are interned: every core in a process (the simulator runs thousands) then
+        # shares one copy of each string instead of holding its own decoded copy per member.
+        rec = MemberRecord(_intern(u.node_id), _intern(u.address), ALIVE, u.incarnation, u.metadata, now_ms)
+        self._members[rec.node_id] = rec
+        if rec.address in self._seeds:
+            self._by_address[rec.address] = rec.node_id
+        self._live_add(rec)
         self._counters["updates_applied"] += 1
         self._emit(ev.MemberJoined(u.node_id, u.address, u.incarnation, dict(rec.metadata)))
         if gossip:
             self._enqueue(u)
 
     def _add_gone(self, u: Update, state: str, now_ms: int) -> None:
-        rec = MemberRecord(u.node_id, u.address, state, u.incarnation, None, now_ms)
-        self._members[u.node_id] = rec
-        if u.address and u.address not in self._by_address:
-            self._by_address[u.address] = u.node_id
-        self._gone_order.append(u.node_id)
+        rec = MemberRecord(_intern(u.node_id), _intern(u.address), state, u.incarnation, None, now_ms)
+        self._members[rec.node_id] = rec
+        if rec.address in self._seeds and rec.address not in self._by_address:
+            self._by_address[rec.address] = rec.node_id
+        self._gone_order.append(rec.node_id)
 
     def _set_address(self, rec: MemberRecord, address: str) -> None:
         if self._by_address.get(rec.address) == rec.node_id:
             del self._by_address[rec.address]
-        rec.address = address
-        self._by_address[address] = rec.node_id
+        rec.address = _intern(address)
+        if address in self._seeds:
+            self._by_address[rec.address] = rec.node_id
 
     def _suspicion_timeout(self, node_id: str, deadline: int, now_ms: int) -> None:
         rec = self._members.get(node_id)
@@ -697,7 +721,7 @@ class NodeCore:
                 self._checked_last = True
                 break
         if target is None:
-            target = self._order.next(self._live, self._members)
+            target = self._order.next(self._live_members(), self._members)
             if target is None:
                 return
         rec = self._members[target]
@@ -761,6 +785,8 @@ class NodeCore:
         self._next_gossip_ms = now_ms + self.profile.gossip_interval_ms
         limit = self.profile.max_gossip_updates
         for node_id in self._sample_live(self.profile.gossip_nodes, None):
+            if self._resize_due:
+                self._resize()
             updates = self._queue.take(limit)
             if not updates:
                 break
@@ -808,7 +834,7 @@ class NodeCore:
             self._next_seed_ms = None
             return
         p = self.profile
-        alone = not self._live
+        alone = not self._live_count
         if alone:
             targets = list(self._seeds)
             self._next_seed_ms = now_ms + self._join_backoff_ms
@@ -830,7 +856,7 @@ class NodeCore:
             self._send_push_pull(seeds[self._rng.randrange(len(seeds))], None, join=False)
 
     def _contact_seed(self, address: str, now_ms: int) -> None:
-        if not self._live:
+        if not self._live_count:
             self._send_push_pull(address, None, join=True)
             return
         seq = self._next_seq()
@@ -857,6 +883,8 @@ class NodeCore:
         return Update(KIND_ALIVE, self.node_id, self._me.incarnation, self.address, "", self._metadata)
 
     def _piggyback(self, target: str) -> tuple[Update, ...]:
+        if self._resize_due:
+            self._resize()
         updates = self._queue.take(self.profile.max_piggyback_updates)
         rec = self._members.get(target)
         if rec is not None and rec.state == SUSPECT and rec.suspicion is not None:
@@ -941,55 +969,103 @@ class NodeCore:
     def _sample_live(self, count: int, exclude: str | None) -> list[str]:
         """Up to `count` distinct random live members other than `exclude`; O(count) expected."""
         live = self._live
-        n = len(live) - (1 if exclude is not None and exclude in self._live_pos else 0)
+        members = self._members
+        n = self._live_count
+        if exclude is not None:
+            rec = members.get(exclude)
+            if rec is not None and (rec.state == ALIVE or rec.state == SUSPECT):
+                n -= 1
         if n <= 0 or count <= 0:
             return []
         if n <= count:
-            return [k for k in live if k != exclude]
+            return [k for k in self._live_members() if k != exclude]
         picked: dict[str, None] = {}
         rng = self._rng
         while len(picked) < count:
+            # Rejection sampling: departed entries are at most half the list (`_live_remove` compacts).
             node_id = live[rng.randrange(len(live))]
             if node_id != exclude:
-                picked[node_id] = None
+                rec = members[node_id]
+                if rec.state == ALIVE or rec.state == SUSPECT:
+                    picked[node_id] = None
         return list(picked)
 
-    def _live_add(self, node_id: str) -> None:
-        if node_id in self._live_pos:
-            return
-        self._live_pos[node_id] = len(self._live)
-        self._live.append(node_id)
-        self._order.add(node_id)
-        self._resize()
+    def _live_add(self, rec: MemberRecord) -> None:
+        """`rec` became alive or suspect. The live list keeps departed members until compaction (no
+        per-member position index: that dict cost ~75 bytes per member per node)."""
+        self._live_count += 1
+        if rec.listed:
+            self._live_stale -= 1
+        else:
+            rec.listed = True
+            self._live.append(rec.node_id)
+        self._order.add(rec.node_id)
+        self._resize_due = True
 
-    def _live_remove(self, node_id: str) -> None:
-        pos = self._live_pos.pop(node_id, None)
-        if pos is None:
-            return
-        last = self._live.pop()
-        if last != node_id:
-            self._live[pos] = last
-            self._live_pos[last] = pos
-        self._resize()
+    def _live_remove(self, rec: MemberRecord) -> None:
+        """`rec` is no longer alive or suspect; its list entry goes stale until the next compaction."""
+        self._live_count -= 1
+        self._live_stale += 1
+        if self._live_stale > LIVE_STALE_MIN and self._live_stale > self._live_count:
+            self._compact_live()
+        self._resize_due = True
+
+    def _live_members(self) -> list[str]:
+        """The live list without departed entries."""
+        if self._live_stale:
+            self._compact_live()
+        return self._live
+
+    def _compact_live(self) -> None:
+        members = self._members
+        kept = []
+        for node_id in self._live:
+            rec = members.get(node_id)
+            if rec is None:
+                continue
+            if rec.state == ALIVE or rec.state == SUSPECT:
+                kept.append(node_id)
+            else:
+                rec.listed = False
+        self._live = kept
+        self._live_stale = 0
 
     def _address_live(self, address: str) -> bool:
         node_id = self._by_address.get(address)
         return node_id is not None and self._members[node_id].state in _LIVE
 
+    def _index_seed_addresses(self, addresses: list[str]) -> None:
+        """New seeds: note which known member listens at each (a live one if several do)."""
+        wanted = set(addresses)
+        by_address = self._by_address
+        for rec in self._members.values():
+            address = rec.address
+            if address in wanted and rec is not self._me:
+                held = by_address.get(address)
+                if held is None or (rec.state in _LIVE and self._members[held].state not in _LIVE):
+                    by_address[address] = rec.node_id
+
     def _reap(self, rec: MemberRecord) -> None:
         del self._members[rec.node_id]
+        if rec.listed:
+            # Its stale live-list entry must go before a new record under the same id could be listed.
+            self._compact_live()
         self._notified_ms.pop(rec.node_id, None)
         if self._by_address.get(rec.address) == rec.node_id:
             del self._by_address[rec.address]
         self._counters["members_reaped"] += 1
 
     def _push_pull_period(self) -> int:
-        return push_pull_interval_ms(self.profile.push_pull_interval_ms, len(self._live) + 1)
+        return push_pull_interval_ms(self.profile.push_pull_interval_ms, self._live_count + 1)
 
     def _resize(self) -> None:
-        """Recompute the size-dependent limits (suspicion timeouts, retransmit limit) for N members."""
+        """Recompute the size-dependent limits (suspicion timeouts, retransmit limit) for N members.
+
+        Called lazily (`_resize_due`) just before a limit is used: a join of N members would otherwise
+        recompute them N times per node."""
+        self._resize_due = False
         p = self.profile
-        n = len(self._live) + 1
+        n = self._live_count + 1
         self._susp_min_ms, self._susp_max_ms = suspicion_timeouts_ms(
             p.suspicion_min_ms_per_log10_nodes, p.suspicion_max_timeout_mult, n
         )
@@ -997,3 +1073,6 @@ class NodeCore:
         self._k = p.suspicion_confirmations if n - 2 >= p.suspicion_confirmations else 0
         # memberlist sizes retransmits by every known node (dead ones included).
         self._queue.set_limit(retransmit_limit(p.retransmit_mult, max(n, len(self._members))))
+
+
+_intern = sys.intern

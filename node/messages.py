@@ -274,7 +274,28 @@ def _updates(raw: Any, limit: int) -> tuple[Update, ...]:
         raise FrameError("dropped_malformed", "too many updates")
     if not raw:
         return ()
-    return tuple([_update(u) for u in raw])
+    # The hot path of a join (a push-pull carries every member): `_update`'s checks inlined into one
+    # loop, tags-less and empty-tag updates reuse the decoded list; anything unusual goes to `_update`.
+    out = []
+    append = out.append
+    new = _new_update
+    no_metadata = _NO_METADATA
+    for u in raw:
+        if type(u) is list and len(u) == 6:
+            kind, node_id, incarnation, address, origin, metadata = u
+            if (type(kind) is int and 0 <= kind <= KIND_LEFT
+                    and type(node_id) is str and 0 < len(node_id) <= MAX_ID_CHARS
+                    and type(incarnation) is int and 0 <= incarnation <= MAX_INCARNATION
+                    and type(address) is str and len(address) <= MAX_ADDRESS_CHARS
+                    and type(origin) is str and len(origin) <= MAX_ID_CHARS):
+                if metadata is None:
+                    append(new(Update, u))
+                    continue
+                if type(metadata) is dict and not metadata:
+                    append(new(Update, (kind, node_id, incarnation, address, origin, no_metadata)))
+                    continue
+        append(_update(u))
+    return tuple(out)
 
 
 def _exact(frame: Any, n: int) -> None:

@@ -521,11 +521,17 @@ class World:
     def _on_event(self, node: SimNode, event: Any, now: int) -> None:
         self.counters["events"] += 1
         name = type(event).__name__
-        self.trace.record(b"E%d %d " % (now, node.index) + repr(event).encode())
+        state = _EVENT_STATES.get(name)
+        if state is not None:
+            # Membership events (most of them, N^2 joins): name, subject and incarnation; repr() of the
+            # dataclass cost more than the core's work to emit it. Their other fields follow from the frames.
+            self.trace.record(b"E%d %d " % (now, node.index) + (
+                f"{name} {_subject_id(event)} {getattr(event, 'incarnation', None)}").encode())
+        else:
+            self.trace.record(b"E%d %d " % (now, node.index) + repr(event).encode())
         if name == "IncarnationChanged":
             node.incarnation_saved = int(event.incarnation)
         else:
-            state = _EVENT_STATES.get(name)
             if state is not None:
                 subject = self._by_id.get(_subject_id(event))
                 if subject is not None and subject != node.index:
