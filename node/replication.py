@@ -108,6 +108,8 @@ MAX_OUTBOX = 100_000
 """Frames waiting for `messages_to_send`; beyond this new frames are dropped and counted."""
 MAX_PENDING_REQUESTS = 10_000
 """Reads and writes waiting for replies; more is caller misuse (await them)."""
+MAX_LEFT_REMEMBERED = 10_000
+"""Members that left remembered as fold-owner candidates (decision 0024); beyond this the oldest go."""
 MAX_ROUNDS = 256
 """Digest rounds in flight (one per peer at most)."""
 KEY_DIGEST_BYTES = 8
@@ -395,6 +397,9 @@ class Replicator:
         self._inbound: dict[str, _Inbound] = {}
         self._peer_seen: dict[str, VectorClock] = {}
         self._peer_claims: dict[str, dict[str, str]] = {}
+        self._left_at: dict[str, int] = {}
+        """Members that left (not retired) -> when: still owner candidates for `forget_dead_after_ms`,
+        so an owner that folded and restarted (a leave) is not replaced by a second folder meanwhile."""
         """Per member: retired replica -> the owner it named in the report that carried its seen vector."""
         self._rounds: dict[int, _Round] = {}
         self._sync_at: dict[str, int] = {}
@@ -427,6 +432,7 @@ class Replicator:
         if self.store.is_retired(node_id):
             self.counters["dropped_retired"] += 1  # folded away for good: it must come back under a new id
             return
+        self._left_at.pop(node_id, None)
         member = self._roster.get(node_id)
         if member is None:
             member = self._roster[node_id] = _Member(address)
@@ -462,6 +468,10 @@ class Replicator:
         member.down_at = now_ms
         if left:
             self._forget(node_id)
+            if not self.store.is_retired(node_id):
+                self._left_at[node_id] = now_ms
+                if len(self._left_at) > MAX_LEFT_REMEMBERED:
+                    del self._left_at[min(self._left_at, key=lambda n: (self._left_at[n], n))]
         for request_id in sorted(self._requests):
             self._check_request(request_id, now_ms)
 
@@ -475,6 +485,7 @@ class Replicator:
             raise ValueError("a node cannot retire itself; retire it from another member")
         if node_id in self._roster:
             self.member_down(node_id, now_ms, left=True)
+        self._left_at.pop(node_id, None)
         if not self.store.is_retired(node_id):
             self.store.retire(node_id)
             self.counters["replicas_retired"] += 1
@@ -485,8 +496,9 @@ class Replicator:
         return self.store.retired()
 
     def prune_owner(self) -> str:
-        """The replica that folds retired replicas' entries, as this node sees it: the lowest roster id."""
-        return min([self.node_id, *self._roster])
+        """The replica that folds retired replicas' entries, as this node sees it: the lowest id among
+        the roster, this node and members that left less than `forget_dead_after_ms` ago."""
+        return min([self.node_id, *self._roster, *self._left_at])
 
     # -- API calls ----------------------------------------------------------------------------
 
@@ -1120,6 +1132,8 @@ class Replicator:
         self._peer_seen.pop(node_id, None)
 
     def _reap(self, now_ms: int) -> None:
+        for node_id in [n for n, t in self._left_at.items() if now_ms - t >= self.config.forget_dead_after_ms]:
+            del self._left_at[node_id]
         for node_id in sorted(self._roster):
             m = self._roster[node_id]
             if not m.live and now_ms - m.down_at >= self.config.forget_dead_after_ms:

@@ -119,3 +119,25 @@ def test_a_retired_id_is_refused() -> None:
         pass
     else:
         raise AssertionError("the store must refuse to retire its own replica")
+
+
+def test_an_owner_that_left_stays_owner_until_forgotten() -> None:
+    """A lowest-id member that leaves (e.g. to restart) may have folded just before: nobody else folds
+    until it is back or `forget_dead_after_ms` has passed."""
+    cfg = ReplicationConfig(gc_interval_ms=200, digest_interval_ms=200, forget_dead_after_ms=4_000)
+    net = ReplicaNet(4, seed=15, config=cfg)
+    net.run(300)
+    lowest, gone = net.ids[0], net.ids[3]
+    for node in net.ids:
+        _write_everything(net, node, 0)
+    assert net.run_until(net.now + 3_000, stop=net.converged)
+    net.crash(gone)
+    net.up[lowest] = False
+    for node in net.ids[1:3]:
+        net.call(node, lambda c: c.member_down(lowest, net.now, left=True))
+        net.call(node, lambda c: c.retire(gone, net.now))
+        assert net.nodes[node].prune_owner() == lowest
+    net.run(2_000)
+    assert net.nodes[net.ids[1]].counters["keys_pruned"] == 0
+    assert net.run_until(net.now + 10_000, stop=lambda: not any(_mentions(net, n, gone) for n in net.ids[1:3]))
+    assert net.nodes[net.ids[1]].prune_owner() == net.ids[1]
