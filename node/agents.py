@@ -80,6 +80,7 @@ from agentnode.names import (
     marker_of,
     parse_marker,
 )
+from agentnode.inbox import Inbox, InboxItem
 from agentnode.outbox import Outbox, OutboxEntry, OutboxFull, StorageError
 from agentnode.registry import (
     AgentEntry,
@@ -521,8 +522,10 @@ _COUNTERS = (
     "sent", "requests", "replies", "failures_unobserved", "failovers", "handled", "handler_errors",
     "expired_in_inbox", "broadcasts_delivered", "broadcast_backlog_dropped", "durable_committed",
     "durable_acked", "durable_resent", "durable_expired_at_start", "outbox_errors", "send_waits",
-    "late_incoming",
+    "late_incoming", "durable_duplicates_dropped", "durable_replayed", "inbox_errors",
 )
+HANDLED_FLUSH = 256
+"""Handled durable ids a worker collects before it commits them itself (else the next pump does)."""
 
 
 class AgentService:
@@ -560,6 +563,14 @@ class AgentService:
         self._acks: list[MessageId] = []
         self._outbox = Outbox.in_data_dir(self._data_dir, synchronous=self.config.outbox_synchronous,
                                           max_rows=self.config.outbox_max_rows)
+        self._inbox = Inbox.in_data_dir(self._data_dir, synchronous=self.config.outbox_synchronous)
+        """Durable receipts (decision 0123): committed before the ack leaves, marked once the handler ran."""
+        self._received: list[Incoming] = []
+        """Durable messages received this pump, waiting for their receipt commit."""
+        self._handled: list[MessageId] = []
+        """Durable messages whose handler finished, waiting for the `done` commit."""
+        self._replay: dict[str, list[Incoming]] = {}
+        """Durable messages received before a restart and not handled then, by agent (until it registers)."""
         self._pump_scheduled = False
         self._pumping = False
         """Inside `_pump` (a transport that delivers synchronously must not re-enter it)."""
@@ -590,7 +601,9 @@ class AgentService:
         """Open the outbox, resend what a previous life left pending, start the health loop and hooks."""
         self._loop = asyncio.get_running_loop()
         self._outbox.open()
+        self._inbox.open()
         wall = _wall_ms()
+        self._load_inbox(wall)
         expired = self._outbox.expire(wall)
         self.counters["durable_expired_at_start"] += len(expired)
         for entry in expired:
@@ -643,6 +656,9 @@ class AgentService:
                     MessageId(self.node_id, self.epoch, 0), "", "", "this node stopped while the sender waited for room")))
         self._room.clear()
         self._outbox.close()
+        if self._handled:
+            self._flush_handled()
+        self._inbox.close()
 
     # -- agents -------------------------------------------------------------------------------------------
 
@@ -1235,6 +1251,8 @@ class AgentService:
             self._pumping = False
 
     def _pump_once(self) -> None:
+        if self._handled:
+            self._flush_handled()
         if self._acks or self._staged or self._deferred:
             try:
                 self._flush_outbox()
@@ -1245,6 +1263,8 @@ class AgentService:
         while (d := delivery.next_event()) is not None:
             progress = True
             self._on_delivery_event(d)
+        if self._received or self._replay:
+            self._accept_durable()  # before messages_to_send: receipts are committed before their acks leave
         while (r := registry.next_event()) is not None:
             self._on_registry_event(r)
         while (b := broadcaster.next_event()) is not None:
@@ -1286,6 +1306,67 @@ class AgentService:
             self._timer_at = when
             assert self._loop is not None
             self._timer = self._loop.call_at(max(when, self.now_ms()) / 1000.0, self._on_timer)
+
+    def _accept_durable(self) -> None:
+        """Record this pump's durable messages in one transaction, then hand the new ones to their agents
+        (decision 0123); a message recorded before (a resend after a restart) is dropped. Then hand over
+        the messages a previous life left unhandled, for agents registered by now."""
+        received, self._received = self._received, []
+        if received:
+            wall, now = _wall_ms(), self.now_ms()
+            items = [InboxItem(e.msg_id, e.sender_node, e.src_agent, e.dest_agent, e.kind, e.priority, e.payload,
+                               None if e.expires_ms is None else wall + e.expires_ms - now) for e in received]
+            try:
+                fresh = self._inbox.accept(items, wall)
+            except StorageError as exc:
+                self.counters["inbox_errors"] += 1
+                log.error("cannot record %d durable messages in the inbox; handling them without the crash "
+                          "guarantee: %s", len(items), exc)
+                fresh = [True] * len(items)
+            for event, new in zip(received, fresh):
+                if new:
+                    self._dispatch(event)
+                else:
+                    self.counters["durable_duplicates_dropped"] += 1
+                    self.delivery.release(event.dest_agent)
+        if self._replay:
+            for agent_id in [a for a in self._replay if a in self._agents]:
+                for event in self._replay.pop(agent_id):
+                    self._dispatch(event)
+        if self._handled:
+            self._flush_handled()  # inline handlers ran above: close their window in this pump
+
+    def _dispatch(self, event: Incoming) -> None:
+        agent = self._agents.get(event.dest_agent)
+        if agent is None:
+            self.counters["late_incoming"] += 1
+            self._answer_gone(event, self.now_ms())
+            return
+        if agent._inline and not agent._busy_since and agent._queue.empty():
+            self._run_inline(agent, event)
+            return
+        agent._queue.put_nowait(event)
+
+    def _flush_handled(self) -> None:
+        handled, self._handled = self._handled, []
+        try:
+            self._inbox.done(handled)
+        except StorageError as exc:
+            self.counters["inbox_errors"] += 1
+            log.error("cannot mark %d durable messages handled (they may run again after a crash): %s",
+                      len(handled), exc)
+
+    def _load_inbox(self, wall: int) -> None:
+        now = self.now_ms()
+        pending = self._inbox.pending()
+        for item in pending:
+            expires = None if item.expires_at_ms is None else now + item.expires_at_ms - wall
+            self._replay.setdefault(item.dest_agent, []).append(Incoming(
+                item.msg_id, item.sender_node, item.src_agent, item.dest_agent, item.kind, item.priority,
+                item.payload, expires, True, True))
+        self.counters["durable_replayed"] += len(pending)
+        if pending:
+            log.info("handing %d durable messages received before a restart to their agents again", len(pending))
 
     def _flush_outbox(self) -> None:
         """Group commit: stage -> one transaction -> hand to delivery -> resolve the senders."""
@@ -1344,6 +1425,9 @@ class AgentService:
     def _on_delivery_event(self, event: Any) -> None:
         t = type(event)
         if t is Incoming:
+            if event.durable:
+                self._received.append(event)  # handled after its receipt is committed (_accept_durable)
+                return
             agent = self._agents.get(event.dest_agent)
             if agent is None:
                 self.counters["late_incoming"] += 1
@@ -1427,6 +1511,8 @@ class AgentService:
             if now > item.expires_ms:
                 self.delivery.drop_expired(item, now)
                 self.counters["expired_in_inbox"] += 1
+                if item.durable:
+                    self._handled.append(item.msg_id)
                 self.schedule_pump()
                 return
         msg = Message(item.msg_id, item.payload, agent.agent_id, item.src_agent, item.sender_node,
@@ -1447,6 +1533,8 @@ class AgentService:
                 self._answer_request(item, result)
         agent.handled += 1
         self.counters["handled"] += 1
+        if item.durable:
+            self._handled.append(item.msg_id)
 
     async def _finish_inline(self, agent: Agent, item: Incoming, pending: Awaitable[Any]) -> None:
         msg_kind = "request" if item.kind == KIND_REQUEST else "message"
@@ -1464,6 +1552,9 @@ class AgentService:
             agent._busy_since.pop(0, None)
         agent.handled += 1
         self.counters["handled"] += 1
+        if item.durable:
+            self._handled.append(item.msg_id)
+            self.schedule_pump()
 
     def _handler_failed(self, agent: Agent, item: Any, msg: Message, exc: Exception) -> None:
         agent.handler_errors += 1
@@ -1495,6 +1586,8 @@ class AgentService:
                 if item.expires_ms is not None and now > item.expires_ms:
                     delivery.drop_expired(item, now)
                     self.counters["expired_in_inbox"] += 1
+                    if item.durable:
+                        self._handled.append(item.msg_id)
                     self.schedule_pump()
                     continue
                 msg = Message(item.msg_id, item.payload, agent.agent_id, item.src_agent, item.sender_node,
@@ -1531,6 +1624,12 @@ class AgentService:
                 agent._busy_since.pop(slot, None)
             agent.handled += 1
             self.counters["handled"] += 1
+            if type(item) is Incoming and item.durable:
+                self._handled.append(item.msg_id)
+                if len(self._handled) >= HANDLED_FLUSH:
+                    self._flush_handled()
+                else:
+                    self.schedule_pump()
 
     def _respond(self, item: Incoming, payload: bytes, error: str | None) -> None:
         try:
@@ -1542,6 +1641,8 @@ class AgentService:
 
     def _answer_gone(self, item: Incoming, now: int) -> None:
         self.delivery.release(item.dest_agent)
+        if item.durable:
+            self._handled.append(item.msg_id)  # resolved: its agent is gone (counted as late_incoming)
         if item.kind == KIND_REQUEST:
             self._respond(item, b"", f"UnknownAgent: agent {item.dest_agent!r} was deregistered")
 
@@ -1610,6 +1711,7 @@ class AgentService:
             "agents": len(self._agents),
             "handled": {a: self._agents[a].handled for a in sorted(self._agents)},
             "outbox_rows": len(self._outbox),
+            "inbox_rows": len(self._inbox),
             "service": dict(self.counters),
             "delivery": dict(self.delivery.counters),
             "registry": dict(self.registry.counters),

@@ -1,0 +1,250 @@
+"""The durable inbox: the receiver's half of durable delivery. This module does I/O; it is not a core.
+
+A durable message is recorded here (its id, and its payload until a handler has run) in one SQLite
+transaction per batch, committed before the ack that lets the sender forget it leaves the node
+(decision 0123). The record then serves two purposes across a receiver crash (kill -9) and restart:
+
+- *not lost*: a message that was acked but whose handler had not finished is still `pending` and is
+  handed to its agent again after the restart;
+- *not twice*: a message whose handler finished is marked handled (batched, `done`), so a resend of the
+  same id (the sender restarted before it saw the ack) is recognised by `accept` and dropped.
+
+The remaining window: a crash after a handler returned and before the `done` batch holding its id was
+committed (at most one loop turn) makes that message's handler run again after the restart.
+
+Bound (garbage collection): per sender node the newest `per_sender` ids, ordered by (epoch, counter),
+are kept; older handled ids are deleted once the sender exceeds the bound by 10 %. A resend of an id that
+has fallen out of that window is handled again. Pending (unhandled) rows are never collected: they are
+owed to a handler, and their number is bounded by the agents' inbox capacities. At most `max_senders`
+sender nodes are remembered; beyond that, the handled ids of the sender seen longest ago are dropped.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL`` as the outbox does (decision 0073): committed
+transactions survive kill -9. On power loss the last commits may be lost: a message acked just before
+may then be lost (its sender has already forgotten it) and one handled just before may run again;
+``synchronous="FULL"`` closes that at the cost of one fsync per batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentnode.agent_messages import MessageId
+from agentnode.outbox import StorageError, _mapped, _rollback
+
+__all__ = ["Inbox", "InboxItem", "INBOX_FILE", "DEFAULT_PER_SENDER", "DEFAULT_MAX_SENDERS"]
+
+INBOX_FILE = "inbox.sqlite3"
+"""File name inside the node's data directory."""
+DEFAULT_PER_SENDER = 200_000
+"""Handled ids remembered per sender node (the dedup window; about 60 bytes each on disk)."""
+DEFAULT_MAX_SENDERS = 10_000
+"""Sender nodes remembered (as delivery.MAX_DURABLE_SENDERS in memory)."""
+_GC_SLACK = 10
+"""Collect a sender once it holds per_sender + per_sender / _GC_SLACK ids (amortises the delete)."""
+_SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    origin TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    counter INTEGER NOT NULL,
+    sender_node TEXT NOT NULL,
+    src_agent TEXT NOT NULL,
+    dest_agent TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    priority INTEGER NOT NULL,
+    payload BLOB,
+    expires_at_ms INTEGER,
+    seen_at_ms INTEGER NOT NULL,
+    handled INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (origin, epoch, counter)
+) WITHOUT ROWID;
+"""
+# Keyed by message id: the dedup check is the primary key's conflict, `done` is one index seek.
+_INSERT = "INSERT INTO inbox VALUES (?,?,?,?,?,?,?,?,?,?,?,0) ON CONFLICT DO NOTHING"
+_DONE = "UPDATE inbox SET handled=1, payload=NULL WHERE origin=? AND epoch=? AND counter=? AND handled=0"
+
+
+@dataclass(frozen=True, slots=True)
+class InboxItem:
+    """One durable message as received."""
+
+    msg_id: MessageId
+    sender_node: str
+    src_agent: str
+    dest_agent: str
+    kind: int
+    priority: int
+    payload: bytes
+    expires_at_ms: int | None
+    """Wall-clock ms (Unix epoch) after which it is stale; None = never."""
+
+
+class Inbox:
+    """SQLite-backed receipt log. Construct, `open()`, then `accept` (batch), `done` (batch), `pending`."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", per_sender: int = DEFAULT_PER_SENDER,
+                 max_senders: int = DEFAULT_MAX_SENDERS) -> None:
+        if synchronous.upper() not in _SYNC_MODES:
+            raise ValueError(f"synchronous must be one of {', '.join(_SYNC_MODES)}")
+        if per_sender < 1 or max_senders < 1:
+            raise ValueError("per_sender and max_senders must be at least 1")
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self.per_sender = per_sender
+        self.max_senders = max_senders
+        self._conn: sqlite3.Connection | None = None
+        self._count: dict[str, int] = {}
+        """Rows per sender node (origin), in the order senders were last seen (oldest first)."""
+
+    @classmethod
+    def in_data_dir(cls, data_dir: str | Path, **kwargs: object) -> Inbox:
+        """The inbox at `data_dir`/inbox.sqlite3."""
+        return cls(Path(data_dir) / INBOX_FILE, **kwargs)  # type: ignore[arg-type]
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._conn is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.executescript(_SCHEMA)
+            rows = conn.execute("SELECT origin, count(*), max(seen_at_ms) FROM inbox GROUP BY origin").fetchall()
+        except sqlite3.Error as exc:
+            raise _mapped(exc, f"cannot open the inbox {self.path}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot create the inbox directory {self.path.parent}: {exc}") from exc
+        self._count = {origin: n for origin, n, _ in sorted(rows, key=lambda r: (r[2], r[0]))}
+        self._conn = conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+    def __enter__(self) -> Inbox:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return sum(self._count.values())
+
+    # -- writes ------------------------------------------------------------------------------------
+
+    def accept(self, items: Sequence[InboxItem], now_ms: int) -> list[bool]:
+        """Record `items` in one transaction; returns per item True (new: hand it to its handler) or False
+        (recorded before, in this life or an earlier one: drop it). `now_ms` is wall-clock ms."""
+        if not items:
+            return []
+        conn = self._require()
+        rows = [(i.msg_id.origin, i.msg_id.epoch, i.msg_id.counter, i.sender_node, i.src_agent, i.dest_agent,
+                 i.kind, i.priority, i.payload, i.expires_at_ms, now_ms) for i in items]
+        try:
+            conn.execute("BEGIN")
+            before = conn.total_changes
+            conn.executemany(_INSERT, rows)
+            if conn.total_changes - before == len(rows):
+                fresh = [True] * len(rows)  # the common case: no duplicate, one executemany
+            else:
+                # Some were known: redo row by row to learn which (rare: resends across restarts).
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN")
+                cur = conn.cursor()
+                fresh = []
+                for row in rows:
+                    cur.execute(_INSERT, row)
+                    fresh.append(cur.rowcount == 1)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise _mapped(exc, f"cannot record {len(rows)} durable messages in the inbox") from exc
+        count = self._count
+        for row, new in zip(rows, fresh):
+            if new:
+                origin = row[0]
+                n = count.pop(origin, 0) + 1
+                count[origin] = n  # re-inserted: most recently seen last
+        self._collect([row[0] for row in rows])
+        return fresh
+
+    def done(self, msg_ids: Iterable[MessageId]) -> int:
+        """Mark messages handled (their payload is dropped; the id stays for dedup). One transaction."""
+        keys = [(m.origin, m.epoch, m.counter) for m in msg_ids]
+        if not keys:
+            return 0
+        conn = self._require()
+        try:
+            conn.execute("BEGIN")
+            before = conn.total_changes
+            conn.executemany(_DONE, keys)
+            changed = conn.total_changes - before
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise _mapped(exc, f"cannot mark {len(keys)} durable messages handled") from exc
+        return changed
+
+    def _collect(self, origins: Sequence[str]) -> None:
+        conn = self._require()
+        limit = self.per_sender + max(1, self.per_sender // _GC_SLACK)
+        checked: set[str] = set()
+        for origin in origins:
+            if origin in checked or self._count.get(origin, 0) <= limit:
+                continue
+            checked.add(origin)
+            try:
+                cut = conn.execute("SELECT epoch, counter FROM inbox WHERE origin=? ORDER BY epoch DESC, counter DESC "
+                                   "LIMIT 1 OFFSET ?", (origin, self.per_sender)).fetchone()
+                if cut is not None:
+                    conn.execute("DELETE FROM inbox WHERE origin=? AND handled=1 AND (epoch < ? OR epoch = ? AND "
+                                 "counter <= ?)", (origin, cut[0], cut[0], cut[1]))
+                self._count[origin] = conn.execute("SELECT count(*) FROM inbox WHERE origin=?", (origin,)).fetchone()[0]
+            except sqlite3.Error as exc:
+                raise _mapped(exc, "cannot collect old inbox ids") from exc
+        while len(self._count) > self.max_senders:
+            oldest = next(iter(self._count))
+            try:
+                conn.execute("DELETE FROM inbox WHERE origin=? AND handled=1", (oldest,))
+                left = conn.execute("SELECT count(*) FROM inbox WHERE origin=?", (oldest,)).fetchone()[0]
+            except sqlite3.Error as exc:
+                raise _mapped(exc, "cannot forget an old sender's inbox ids") from exc
+            del self._count[oldest]
+            if left:
+                self._count[oldest] = left  # unhandled rows stay; it moves to the newest end
+                break
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    def pending(self) -> list[InboxItem]:
+        """Recorded, not yet handled messages, in id order per sender: hand these to their agents after a restart."""
+        conn = self._require()
+        try:
+            rows = conn.execute("SELECT origin, epoch, counter, sender_node, src_agent, dest_agent, kind, priority, "
+                                "payload, expires_at_ms FROM inbox WHERE handled=0 "
+                                "ORDER BY origin, epoch, counter").fetchall()
+        except sqlite3.Error as exc:
+            raise _mapped(exc, "cannot read the inbox") from exc
+        return [InboxItem(MessageId(r[0], r[1], r[2]), r[3], r[4], r[5], r[6], r[7], bytes(r[8] or b""), r[9])
+                for r in rows]
+
+    def seen(self, msg_id: MessageId) -> bool:
+        """Whether `msg_id` is recorded (pending or handled)."""
+        row = self._require().execute("SELECT 1 FROM inbox WHERE origin=? AND epoch=? AND counter=?",
+                                      (msg_id.origin, msg_id.epoch, msg_id.counter)).fetchone()
+        return row is not None
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("Inbox is not open; call open() (or use it as a context manager) first")
+        return self._conn
