@@ -45,6 +45,7 @@ from agentnode.agent_messages import (
     AgentRecord,
     AgentSkill,
     MessageId,
+    fast_constructor,
 )
 from agentnode.broadcast import Broadcast, BroadcastConfig, BroadcastReceived
 from agentnode.datadir import write_atomic
@@ -243,6 +244,10 @@ class Message:
 
     def json(self) -> Any:
         return json.loads(self.payload)
+
+
+_message = fast_constructor(Message)
+"""`Message(...)` with every field given, at half the cost: one per handled message (decision 0119)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1515,8 +1520,8 @@ class AgentService:
                     self._handled.append(item.msg_id)
                 self.schedule_pump()
                 return
-        msg = Message(item.msg_id, item.payload, agent.agent_id, item.src_agent, item.sender_node,
-                      "request" if item.kind == KIND_REQUEST else "message", item.priority)
+        msg = _message(item.msg_id, item.payload, agent.agent_id, item.src_agent, item.sender_node,
+                       "request" if item.kind == KIND_REQUEST else "message", item.priority, "")
         try:
             result = agent._handler(msg)  # type: ignore[misc]
             if result is not None and type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
@@ -1717,6 +1722,7 @@ class AgentService:
             "registry": dict(self.registry.counters),
             "broadcast": dict(self.broadcaster.counters),
             "broadcast_active_view": self.broadcaster.active,
+            "names": dict(self.names.core.counters),
         }
 
     # -- control endpoint -----------------------------------------------------------------------------

@@ -98,7 +98,9 @@ async def test_concurrent_claims_on_every_node_exactly_one_wins_and_deregister_r
         assert winner.name_state.state == CONFIRMED
         assert winner._service.names.core.counters["renewals"] >= 3
         # deregistering releases the name at once: another node takes it immediately, well inside the TTL
-        other = next(n for n in nodes if n.node_id != winner._service.node_id)
+        leader = (await nodes[0].raft.status())["leader"]
+        # not the leader: the clean shutdown below must not cost an election inside the TTL
+        other = next(n for n in reversed(nodes) if n.node_id not in (winner._service.node_id, leader))
         await winner.deregister()
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -107,6 +109,13 @@ async def test_concurrent_claims_on_every_node_exactly_one_wins_and_deregister_r
         assert loop.time() - started < TTL_MS / 1000
         await _until("every node to see the new holder",
                      lambda: all(_holders(n, "alice") == [taken_over.agent_id] for n in nodes))
+        # a clean shutdown releases too: a third node takes the name at once
+        await other.stop()
+        third = next(n for n in nodes if n is not other and n.node_id != winner._service.node_id and n.node_id != leader)
+        started = loop.time()
+        assert (await third.register_agent("alice", unique=True)).name_state.state == CONFIRMED
+        assert loop.time() - started < TTL_MS / 1000
+        assert other.agents.names.core.counters["releases"] == 1
 
 
 async def test_a_single_node_without_a_group_registers_unconfirmed_and_lookups_still_work(

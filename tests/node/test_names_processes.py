@@ -58,13 +58,24 @@ def test_concurrent_claims_from_three_processes_one_wins_kill_9_frees_the_name_a
             t.start()
         for t in threads:
             t.join(timeout=30)
-        won = [i for i, r in results.items() if isinstance(r, dict)]
+        # A claim the group did not answer within 3 s (a very loaded machine) registers "unconfirmed"
+        # and is decided in the background: wait for that decision instead of the refusal.
+        for i, r in results.items():
+            if isinstance(r, dict) and r["name_lease"]["state"] == "unconfirmed":
+                def decided(node: ClusterNode = cluster.nodes[i], agent_id: str = r["agent_id"]) -> bool:
+                    [row] = [a for a in node.call("agents.list") if a["agent_id"] == agent_id]
+                    r["name_lease"] = row["name_lease"]
+                    return row["name_lease"]["state"] != "unconfirmed"
+
+                cluster.wait_for("the background claim to be decided", decided, timeout_s=20)
+        won = [i for i, r in results.items() if isinstance(r, dict) and r["name_lease"]["state"] == "confirmed"]
         refused = [r for r in results.values() if isinstance(r, ControlError)]
-        assert len(won) == 1 and len(refused) == 2, results
-        assert results[won[0]]["name_lease"]["state"] == "confirmed"
+        lost = [r for r in results.values() if isinstance(r, dict) and r["name_lease"]["state"] == "lost"]
+        assert len(won) == 1 and len(refused) + len(lost) == 2, results
         winner_id = results[won[0]]["agent_id"]
         for exc in refused:
             assert exc.kind == "NameTaken" and f"/{winner_id}" in str(exc), exc
+        print(f"\nconcurrent claims: 1 confirmed, {len(refused)} NameTaken, {len(lost)} decided in the background")
         cluster.wait_for("every node to answer the holder only",
                          lambda: all(_holders(n, "planner") == [winner_id] for n in cluster.nodes), timeout_s=15)
         listing = json.loads(subprocess.run(
