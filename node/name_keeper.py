@@ -174,9 +174,15 @@ class NameKeeper:
             waiter.set_result((outcome, result))
         after = self.core.state(op.agent_id)
         if after is not None and (before is None or (before.state, before.epoch) != (after.state, after.epoch)):
-            self._on_state(op.agent_id, after)
+            self._tell(after)
         self._drain()
         self._wake.set()
+
+    def _tell(self, state: NameState) -> None:
+        try:
+            self._on_state(state.agent_id, state)
+        except Exception:  # the registry refused the update: log it, keep the lease going
+            log.exception("names: advertising %s for %s failed", state.state, state.agent_id)
 
     def _drain(self) -> None:
         while (event := self.core.next_event()) is not None:
@@ -188,17 +194,20 @@ class NameKeeper:
 
     async def _timer_loop(self) -> None:
         while True:
-            now = self._clock()
-            before = {s.agent_id: (s.state, s.epoch) for s in self.core.states()}
-            for op in self.core.handle_timer(now):
-                self._run(op)
-            for state in self.core.states():
-                if before.get(state.agent_id) != (state.state, state.epoch):
-                    self._on_state(state.agent_id, state)
-            self._drain()
+            try:
+                now = self._clock()
+                before = {s.agent_id: (s.state, s.epoch) for s in self.core.states()}
+                for op in self.core.handle_timer(now):
+                    self._run(op)
+                for state in self.core.states():
+                    if before.get(state.agent_id) != (state.state, state.epoch):
+                        self._tell(state)
+                self._drain()
+            except Exception:  # the keeper must keep renewing; the next wake-up retries
+                log.exception("names: timer step failed")
             due = self.core.get_timer()
             self._wake.clear()
-            delay = 3600.0 if due is None else max(0.0, (due - self._clock()) / 1000)
+            delay = 3600.0 if due is None else max(0.005, (due - self._clock()) / 1000)
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:
