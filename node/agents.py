@@ -528,7 +528,13 @@ _COUNTERS = (
     "expired_in_inbox", "broadcasts_delivered", "broadcast_backlog_dropped", "durable_committed",
     "durable_acked", "durable_resent", "durable_expired_at_start", "outbox_errors", "send_waits",
     "late_incoming", "durable_duplicates_dropped", "durable_replayed", "inbox_errors",
+    "durable_to_absent", "durable_retried",
 )
+DURABLE_RETRY_S = 1.0
+"""Delay before a durable message the receiving node rejected as "no such agent" is offered again."""
+DURABLE_ABSENT_GRACE_MS = 60_000
+"""How long a durable message without TTL keeps being offered to a node that does not know its agent
+(e.g. restarted, agent not registered again yet), counted from the first such reject (decision 0124)."""
 HANDLED_FLUSH = 256
 """Handled durable ids a worker collects before it commits them itself (else the next pump does)."""
 
@@ -562,10 +568,15 @@ class AgentService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._agents: dict[str, Agent] = {}
         self._waiters: dict[MessageId, _Waiter] = {}
-        self._durable: dict[MessageId, None] = {}
+        self._durable: dict[MessageId, _Staged] = {}
+        """Committed durable messages not yet acknowledged or finally failed."""
         self._staged: list[_Staged] = []
         self._deferred: list[_Staged] = []
         self._acks: list[MessageId] = []
+        self._group: asyncio.Future[None] | None = None
+        """Resolved by the group commit of the durable sends staged in this loop turn (one future for all)."""
+        self._absent_since: dict[MessageId, int] = {}
+        """Durable messages rejected as "no such agent": wall ms of the first reject (DURABLE_ABSENT_GRACE_MS)."""
         self._outbox = Outbox.in_data_dir(self._data_dir, synchronous=self.config.outbox_synchronous,
                                           max_rows=self.config.outbox_max_rows)
         self._inbox = Inbox.in_data_dir(self._data_dir, synchronous=self.config.outbox_synchronous)
@@ -616,8 +627,9 @@ class AgentService:
         pending = self._outbox.pending()
         for i, entry in enumerate(pending):
             ttl_ms = 0 if entry.expires_at_ms is None else max(1, entry.expires_at_ms - wall)
-            self._deferred.append(_Staged(entry, ttl_ms, False, None))
-            self._durable[entry.msg_id] = None
+            staged = _Staged(entry, ttl_ms, False, None)
+            self._deferred.append(staged)
+            self._durable[entry.msg_id] = staged
         self.counters["durable_resent"] += len(pending)
         if pending:
             log.info("resending %d durable messages from the outbox", len(pending))
@@ -838,7 +850,13 @@ class AgentService:
                                            timeout_s, src, True)
             return await self._failover(to, lambda c: self._send_to(c.agent_id, c.node_id, body, delivery, ttl_ms, prio,
                                                                     confirm, policy, timeout_s, src, True))
-        node_id = self._resolve(to)
+        node_id = self._resolve_durable(to) if delivery == DURABLE else self._resolve(to)
+        if delivery == DURABLE and not confirm and self.delivery.capacity(node_id, to, prio) > 0:
+            # One coroutine level: stage, and wait for the group commit shared with this turn's other sends.
+            wait_if_full = policy == "wait"
+            if wait_if_full and ttl_ms == 0:
+                ttl_ms = _seconds_ms(timeout_s, "timeout")
+            return await self._stage_durable(to, node_id, body, ttl_ms, prio, wait_if_full, src)
         if delivery == DURABLE or self.delivery.capacity(node_id, to, prio) <= 0:
             return await self._send_to(to, node_id, body, delivery, ttl_ms, prio, confirm, policy, timeout_s, src, False)
         # The common case without a coroutine level: room is there and nothing is stored first.
@@ -884,7 +902,7 @@ class AgentService:
         if timeout_s <= 0:
             raise ValueError("timeout must be positive (seconds)")
         src = sender or self.sender_id
-        node_id = self._resolve(to)
+        node_id = self._resolve_durable(to) if delivery == DURABLE else self._resolve(to)
         wait_if_full = policy == "wait" and delivery != BEST_EFFORT
         if wait_if_full and ttl_ms == 0:
             ttl_ms = _seconds_ms(timeout_s, "timeout")
@@ -992,6 +1010,20 @@ class AgentService:
             raise UnknownAgentError(UnknownAgent(MessageId(self.node_id, self.epoch, 0), "", agent_id,
                                                  "no agent with this id is known in the cluster (see find_agents())"))
         return node_id
+
+    def _resolve_durable(self, agent_id: str) -> str:
+        """`_resolve` for durable sends, which also accept an agent the registry does not list (its node is
+        down, or restarting and not re-registered yet) if its id names a node this node knows, in any state:
+        the message waits in the outbox until the node is back or its TTL runs out (decision 0124). An id
+        naming no known node fails at once with UnknownAgentError (most likely a typo)."""
+        node_id = self.registry.node_of(agent_id) if isinstance(agent_id, str) and agent_id else None
+        if node_id is not None:
+            return node_id
+        node = agent_id.rpartition("@")[2] if isinstance(agent_id, str) and "@" in agent_id else ""
+        if node and node != self.node_id and any(m.node_id == node for m in self._node.members()):
+            self.counters["durable_to_absent"] += 1
+            return node
+        return self._resolve(agent_id)
 
     def _pick(self, cap: Capability, tried: set[str]) -> Candidate:
         entries = self.registry.find(cap.name)
@@ -1146,9 +1178,14 @@ class AgentService:
         except OutboxFull as exc:
             raise self._local_backpressure(agent_id, node_id, str(exc)) from None
         assert self._loop is not None
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._staged.append(_Staged(entry, ttl_ms, wait_if_full, future))
-        self.schedule_pump()
+        future = self._group
+        if future is None:
+            # The first send of this group carries the group's future; the others only wait on it.
+            future = self._group = self._loop.create_future()
+            self._staged.append(_Staged(entry, ttl_ms, wait_if_full, future))
+            self.schedule_pump()
+        else:
+            self._staged.append(_Staged(entry, ttl_ms, wait_if_full, None))
         await future
         return msg_id
 
@@ -1341,6 +1378,31 @@ class AgentService:
         if self._handled:
             self._flush_handled()  # inline handlers ran above: close their window in this pump
 
+    def _retry_absent(self, event: UnknownAgent) -> bool:
+        """Offer a durable message the receiving node did not know the agent for again later, until its TTL
+        (or DURABLE_ABSENT_GRACE_MS from the first reject, without TTL); False = give up, report the failure."""
+        s = self._durable[event.msg_id]
+        e = s.entry
+        wall = _wall_ms()
+        first = self._absent_since.setdefault(event.msg_id, wall)
+        limit = e.expires_at_ms if e.expires_at_ms is not None else first + DURABLE_ABSENT_GRACE_MS
+        retry_ms = int(DURABLE_RETRY_S * 1000)
+        if wall + retry_ms >= limit or self._closed:
+            return False
+        self.counters["durable_retried"] += 1
+        again = _Staged(e, 0 if e.expires_at_ms is None else max(1, e.expires_at_ms - wall - retry_ms),
+                        s.wait_if_full, None)
+        self._durable[event.msg_id] = again
+        assert self._loop is not None
+        self._loop.call_later(DURABLE_RETRY_S, self._offer_again, again)
+        return True
+
+    def _offer_again(self, staged: _Staged) -> None:
+        if self._closed or self._durable.get(staged.entry.msg_id) is not staged:
+            return
+        self._deferred.append(staged)
+        self.schedule_pump()
+
     def _dispatch(self, event: Incoming) -> None:
         agent = self._agents.get(event.dest_agent)
         if agent is None:
@@ -1384,6 +1446,7 @@ class AgentService:
                 log.error("cannot remove acknowledged messages from the outbox: %s", exc)
         if self._staged:
             staged, self._staged = self._staged, []
+            self._group = None
             try:
                 self._outbox.commit()
             except StorageError as exc:
@@ -1395,7 +1458,7 @@ class AgentService:
                 return
             self.counters["durable_committed"] += len(staged)
             for s in staged:
-                self._durable[s.entry.msg_id] = None
+                self._durable[s.entry.msg_id] = s
                 if s.future is not None and not s.future.done():
                     s.future.set_result(None)
             self._deferred.extend(staged)
@@ -1446,6 +1509,8 @@ class AgentService:
         if t is MessageDelivered:
             if event.msg_id in self._durable:
                 del self._durable[event.msg_id]
+                if self._absent_since:
+                    self._absent_since.pop(event.msg_id, None)
                 self._acks.append(event.msg_id)
                 self.schedule_pump()
             waiter = self._waiters.get(event.msg_id)
@@ -1470,7 +1535,10 @@ class AgentService:
             return
         # A failure outcome.
         if event.msg_id in self._durable:
+            if t is UnknownAgent and self._retry_absent(event):
+                return
             del self._durable[event.msg_id]
+            self._absent_since.pop(event.msg_id, None)
             self._acks.append(event.msg_id)  # reported, so it leaves the outbox (messaging.md)
             self.schedule_pump()
         waiter = self._waiters.pop(event.msg_id, None)

@@ -66,7 +66,7 @@ def test_batch_wire_refuses_what_decode_refuses(bad: dict[str, object]) -> None:
 
 def test_fast_constructor_builds_equal_frozen_objects() -> None:
     mid = MessageId("a", 1, 2)
-    for cls, args in [(Incoming, (mid, "n", "s", "d", 1, 0, b"x", None, True)),
+    for cls, args in [(Incoming, (mid, "n", "s", "d", 1, 0, b"x", None, True, False)),
                       (MessageDelivered, (mid, "n", "d")),
                       (Message, (mid, b"x", "d", "s", "n", "message", 1, ""))]:
         fast = fast_constructor(cls)(*args)
