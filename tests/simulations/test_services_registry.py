@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from agentnode.simulations.scenarios import RunSpec, build, run
 from agentnode.simulations.services import REGISTRY_FRAME_TYPES, ServiceNode
 from agentnode.simulations.world import node_name
@@ -60,9 +62,28 @@ def test_registry_converged_catches_a_node_that_ignores_record_sets() -> None:
 
 
 def test_all_services_together_replay_to_the_same_digest() -> None:
-    spec = RunSpec(nodes=6, seed=8, scenario="swarm", duration_s=30.0, services="state,registry,consensus",
-                   state_writes=100, registry_ops=40)
+    spec = RunSpec(nodes=5, seed=8, scenario="swarm", duration_s=20.0, services="state,registry,consensus",
+                   state_writes=60, registry_ops=30)
     first = run(spec)
     assert first.violation is None, f"{first.violation}\nreplay: {spec.replay_command()}"
     assert {"state", "registry", "consensus"} <= set(first.figures)
     assert run(spec).digest == first.digest
+
+
+@pytest.mark.processes
+def test_service_digest_does_not_depend_on_the_hash_seed() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("from agentnode.simulations.scenarios import RunSpec, run\n"
+            "r = run(RunSpec(nodes=5, seed=8, scenario='swarm', duration_s=20.0, services='state,registry,consensus',"
+            " state_writes=60, registry_ops=30))\n"
+            "print(r.digest, r.violation is None)\n")
+    outs = set()
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outs.add(proc.stdout.strip())
+    assert len(outs) == 1 and next(iter(outs)).endswith("True"), outs

@@ -14,7 +14,7 @@ from agentnode.simulations.world import node_name
 
 
 def _spec(**kw: object) -> RunSpec:
-    base = dict(nodes=6, seed=5, scenario="state-partition", duration_s=30.0, state_keys=20, state_writes=150)
+    base = dict(nodes=5, seed=5, scenario="state-partition", duration_s=24.0, state_keys=20, state_writes=120)
     base.update(kw)
     return RunSpec(**base)  # type: ignore[arg-type]
 
@@ -24,8 +24,8 @@ def test_state_partition_converges_on_the_real_cores_and_replays() -> None:
     result = run(spec)
     assert result.violation is None, f"{result.violation}\nreplay: {spec.replay_command()}"
     state = result.figures["state"]
-    assert state["writes_done"] == 150 and state["writes_skipped"] == 0
-    assert state["converged_at_end"] and state["live_replicas"] == 6
+    assert state["writes_done"] == 120 and state["writes_skipped"] == 0
+    assert state["converged_at_end"] and state["live_replicas"] == 5
     assert state["reconverge_s"] is not None and state["reconverge_s"] <= spec.state_bound_s
     # Every replica holds the same values, and they are not empty.
     replicas = [n.core.replicator for n in result.world.nodes]  # type: ignore[union-attr]
