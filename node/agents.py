@@ -753,9 +753,6 @@ class AgentService:
         now = self.now_ms()
         self.registry.deregister(agent_id, now)
         self.delivery.close_inbox(agent_id)
-        if self.names.state(agent_id) is not None:
-            self.schedule_pump()  # peers learn of the deregistration while the release commits
-            await self.names.release(agent_id)
         tasks = [t for t in (*agent._workers, agent._inline_task) if t is not None]
         for task in tasks:
             task.cancel()
@@ -768,6 +765,8 @@ class AgentService:
         if self._builtin is agent:
             self._builtin = None
         self.schedule_pump()
+        if self.names.state(agent_id) is not None:
+            await self.names.release(agent_id)  # after the record is gone: free for others at once
 
     def local_agents(self) -> list[Agent]:
         return [self._agents[a] for a in sorted(self._agents)]
@@ -928,9 +927,9 @@ class AgentService:
                     raise self._local_backpressure(to, node_id, str(exc)) from None
                 self.schedule_pump()
             if future is not None:
-                waiters = self._waiters
-                for msg_id in chunk_ids:
-                    waiters[msg_id] = _Waiter(future, to, node_id, started, KIND_DATA, deadline, False, group)
+                # One waiter object for the whole call: every field is the same for its messages.
+                shared = _Waiter(future, to, node_id, started, KIND_DATA, deadline, False, group)
+                self._waiters.update(dict.fromkeys(chunk_ids, shared))
                 if self._sweep is None:
                     self._sweep = self._loop.call_later(WAITER_SWEEP_S, self._sweep_waiters)
             ids += chunk_ids

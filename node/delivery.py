@@ -795,7 +795,8 @@ class Delivery:
 
     def _pump_channel(self, ch: _SendChannel, now_ms: int) -> None:
         """Move queued messages into the window and transmit them: `_transmit` inlined for the first
-        attempt, the loop that runs once per message sent (same timers, rng draws and frames)."""
+        attempt, the loop that runs once per message sent. The messages of one call share one jittered
+        retry time and the channel's timer (decision 0118)."""
         c = self.config
         window = c.window
         queue, inflight = ch.queue, ch.inflight
@@ -811,6 +812,7 @@ class Delivery:
         session = ch.session
         sent = 0
         first_due = None
+        floor = next(iter(inflight)) if inflight else 0
         while queue and len(inflight) < window:
             m = queue.popleft()
             if m.state == _DONE:
@@ -819,16 +821,20 @@ class Delivery:
             ch.next_seq = seq + 1
             m.state = _INFLIGHT
             inflight[seq] = m
-            m.attempts += 1
-            rto = min(c.max_rto_ms, c.initial_rto_ms << min(m.attempts - 1, 30))
-            if jitter:
-                rto = max(1, int(rto * (1.0 + uniform(-jitter, jitter))))
-            due = m.retry_at = now_ms + rto
-            if first_due is None or due < first_due:
-                first_due = due
+            if not floor:
+                floor = seq
+            m.attempts += 1  # 1: a message leaves the queue once; retransmissions go through _transmit
+            if first_due is None:
+                # One jittered RTO for the messages this call sends: they share a frame, so they share
+                # its retry time too (one draw per frame instead of one per message).
+                rto = c.initial_rto_ms
+                if jitter:
+                    rto = max(1, int(rto * (1.0 + uniform(-jitter, jitter))))
+                first_due = now_ms + rto
+            m.retry_at = first_due
             if staged is not None:
                 ttl = 0 if m.expires_ms is None else max(1, m.expires_ms - now_ms)
-                staged.append([session, seq, next(iter(inflight)), m.msg_id, m.kind, m.dest_agent, m.src_agent,
+                staged.append([session, seq, floor, m.msg_id, m.kind, m.dest_agent, m.src_agent,
                                m.priority, ttl, m.flags, m.correlation, m.payload])
                 sent += 1
         self.counters["transmissions"] += sent
