@@ -331,15 +331,17 @@ class _Inbound:
 
 
 class _Round:
-    __slots__ = ("peer", "seq", "deadline", "count")
+    __slots__ = ("peer", "seq", "deadline", "count", "seen")
 
-    def __init__(self, peer: str, seq: int, deadline: int, count: int) -> None:
+    def __init__(self, peer: str, seq: int, deadline: int, count: int, seen: VectorClock) -> None:
         self.peer = peer
         self.seq = seq
         """Our log position when the digest left: the peer will have everything up to it."""
         self.deadline = deadline
         self.count = count
         """Buckets in this round's digest."""
+        self.seen = seen
+        """Our seen vector when the digest left: a peer the round repaired completely may adopt it."""
 
 
 class _Request:
@@ -403,8 +405,8 @@ class Replicator:
         """Per member: retired replica -> the owner it named in the report that carried its seen vector."""
         self._rounds: dict[int, _Round] = {}
         self._sync_at: dict[str, int] = {}
-        self._serving: dict[str, tuple[int, int, int]] = {}
-        """Rounds a peer started with us: peer -> (round id, our log position then, bucket count)."""
+        self._serving: dict[str, tuple[int, int, int, VectorClock]] = {}
+        """Rounds a peer started with us: peer -> (round id, our log position then, bucket count, our seen then)."""
         self._requests: dict[int, _Request] = {}
         self._next_id = 1
         self._wire_cache: dict[int, tuple[list[Any], int]] = {}
@@ -836,8 +838,10 @@ class Replicator:
         self._send(sender, [T_KEY_DIGESTS, round_id, count, used, keys_flat, truncated])
         if not differ:
             self._synced(sender, seq0, now_ms)  # equal replicas: the peer has everything we had at seq0
+            # ...and we hold everything it had when its digest left: its seen vector is ours too.
+            self._adopt_seen(self._peer_seen[sender])
         elif not truncated:
-            self._serving[sender] = (round_id, seq0, count)
+            self._serving[sender] = (round_id, seq0, count, self.store.seen())
 
     def _on_key_digests(self, sender: str, body: list[Any], now_ms: int) -> None:
         round_id, count, used, keys_flat, truncated = _fields(body, 5)
@@ -853,7 +857,7 @@ class Replicator:
         complete = not truncated
         if used:
             within = self._keys_in(used, count)
-            complete &= self._send_repair(sender, round_id, remote, within, used)
+            complete &= self._send_repair(sender, round_id, remote, within, used, rd.seen if complete else None)
         self.counters["rounds_completed"] += 1
         stream = self._streams.get(sender)
         if stream is None or sender not in self._live:
@@ -876,11 +880,16 @@ class Replicator:
             else:
                 used = self._bucket_list(used, serving[2])
                 remote = _key_digests(keys_flat)
+        rejected = self.counters["states_rejected_limit"]
         for key, state in repair.states:
             self._apply_state(key, state, "repair", repair.markers_of(key))
+        if repair.complete and self.counters["states_rejected_limit"] == rejected:
+            # A complete repair is sent only at the end of a round whose digests covered every
+            # differing bucket: we now hold every key at least as the sender did at `repair.seen`.
+            self._adopt_seen(repair.seen)
         if reply_needed and used:
             assert serving is not None
-            complete = self._send_repair(sender, round_id, remote, self._keys_in(used, serving[2]), None)
+            complete = self._send_repair(sender, round_id, remote, self._keys_in(used, serving[2]), None, serving[3])
             if complete:
                 # Serving the peer's round repaired it too: it now has all we had when we compared digests.
                 self._synced(sender, serving[1], now_ms)
@@ -1037,12 +1046,20 @@ class Replicator:
         round_id = self._next_id
         self._next_id += 1
         count = self.bucket_count()
-        self._rounds[round_id] = _Round(peer, self.store.last_seq, now_ms + self.config.round_timeout_ms, count)
-        self._send(peer, [T_DIGEST, round_id, count, self.bucket_digests(count), _vv_flat(self.store.seen()), *self._claims()])
+        seen = self.store.seen()
+        self._rounds[round_id] = _Round(peer, self.store.last_seq, now_ms + self.config.round_timeout_ms, count, seen)
+        self._send(peer, [T_DIGEST, round_id, count, self.bucket_digests(count), _vv_flat(seen), *self._claims()])
         self.counters["rounds_started"] += 1
 
-    def _send_repair(self, peer: str, round_id: int, remote: dict[str, bytes], within: list[str], used: list[int] | None) -> bool:
-        """Send the states `peer` lacks among `within`; True unless the repair had to be cut short."""
+    def _send_repair(self, peer: str, round_id: int, remote: dict[str, bytes], within: list[str], used: list[int] | None,
+                     seen: VectorClock | None = None) -> bool:
+        """Send the states `peer` lacks among `within`; True unless the repair had to be cut short.
+
+        With `seen` (our seen vector when the compared digests were taken, every differing bucket
+        compared) an uncut repair is marked complete: after it the peer holds every key at least as
+        we held it then, so it may adopt `seen` (decision 0025: without that, seen vectors of
+        replicas synchronised by digests keep gaps and garbage collection stalls).
+        """
         local = self.store.digest(within)
         keys = sorted(k for k in local if local[k][:KEY_DIGEST_BYTES] != remote.get(k))
         states: list[tuple[str, Crdt]] = []
@@ -1055,7 +1072,8 @@ class Replicator:
                 break
             states.append((key, state))
             size += wire_size(state) + len(key) + 8
-        repair = Repair(tuple(states), self.store.seen(), False, self.store.markers_for(k for k, _ in states))
+        whole = complete and seen is not None
+        repair = Repair(tuple(states), seen if whole else self.store.seen(), whole, self.store.markers_for(k for k, _ in states))
         digests: list[Any] | None = None
         if used is not None:
             digests = []
@@ -1172,6 +1190,11 @@ class Replicator:
             self.counters["markers_collected"] = self.store.stats.markers_collected
             for key in changed:
                 self._changed(key, "gc")
+
+    def _adopt_seen(self, seen: VectorClock) -> None:
+        """Count `seen`'s events as seen here (only after holding every key at least as its owner did)."""
+        if not self.store.seen().covers(seen):
+            self.store.apply_repair(Repair((), seen, True))
 
     def _claims(self) -> list[Any]:
         """The optional trailing field of acks and digests: [retired, the owner we see, ...] (empty: omitted)."""
