@@ -196,14 +196,22 @@ class Outbox:
 
     def ack_many(self, msg_ids: Iterable[MessageId]) -> int:
         """Forget acknowledged messages in one transaction; returns how many were stored."""
-        keys = [(m.origin, m.epoch, m.counter) for m in msg_ids]
+        keys = sorted({(m.origin, m.epoch, m.counter) for m in msg_ids})
         if not keys:
             return 0
+        # Acks come mostly in send order, so consecutive counters collapse into one range delete each
+        # (exact: every counter of a run is in `keys`).
+        runs: list[tuple[str, int, int, int]] = []
+        for origin, epoch, counter in keys:
+            if runs and runs[-1][0] == origin and runs[-1][1] == epoch and runs[-1][3] == counter - 1:
+                runs[-1] = (origin, epoch, runs[-1][2], counter)
+            else:
+                runs.append((origin, epoch, counter, counter))
         conn = self._require()
         try:
             conn.execute("BEGIN")
             before = conn.total_changes
-            conn.executemany("DELETE FROM outbox WHERE origin=? AND epoch=? AND counter=?", keys)
+            conn.executemany("DELETE FROM outbox WHERE origin=? AND epoch=? AND counter BETWEEN ? AND ?", runs)
             removed = conn.total_changes - before
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
