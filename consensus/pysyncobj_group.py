@@ -491,7 +491,8 @@ class PySyncObjGroup:
         start = loop.time()
         quorum_deadline = start + self.config.no_quorum_timeout_ms / 1000
         while True:
-            await self._wait_for_quorum(quorum_deadline, start)
+            if not self._quorum_ok():  # the usual case skips a coroutine
+                await self._wait_for_quorum(quorum_deadline, start)
             if not self.config.forward_to_leader and not syncobj._isLeader():
                 raise NotLeader(self._leader_id())
             fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
@@ -687,12 +688,14 @@ class PySyncObjGroup:
         hold_s = self.config.heartbeat_hold_ms / 1000
         if self._notice_due is not None and self._notice_due <= now:
             self._notice_due = None
-            hold_s = 0.0  # it has waited its hold already
-            try:
-                self._send_entries()
-            except Exception:
-                self.stats.tick_errors += 1
-                log.exception("raft: sending the commit notice failed")
+            syncobj = self._syncobj
+            if syncobj is not None and syncobj._isLeader():  # a leader that stepped down owes nothing
+                hold_s = 0.0  # it has waited its hold already
+                try:
+                    self._send_entries()
+                except Exception:
+                    self.stats.tick_errors += 1
+                    log.exception("raft: sending the commit notice failed")
         due = transport.flush(now, hold_s)
         if self._notice_due is not None and (due is None or self._notice_due < due):
             due = self._notice_due

@@ -510,10 +510,9 @@ class RaftService:
         self._require_enabled()
         if getattr(type(command), "READONLY", False):
             raise ValueError(f"{type(command).__name__} is a query; use read() for it")
-        wire = c.to_wire(command)  # TypeError for a non-command, before any I/O
         if self._group is not None:
-            return await self._group.propose(command)
-        return await self._forward("propose", [wire], write=True)
+            return await self._group.propose(command)  # TypeError for a non-command, before any I/O
+        return await self._forward("propose", [c.to_wire(command)], write=True)
 
     async def read(self, query: c.Command, linearizable: bool = True) -> ReadResult:
         """Answer a query; `linearizable=False` answers from a replica (labelled stale)."""

@@ -322,3 +322,40 @@ async def test_writes_forwarded_by_a_follower_never_wait_for_a_held_commit_notic
         assert follower.state.query(c.KvGet("f4")) == b"v"
     finally:
         await cl.close()
+
+
+async def test_a_proposal_alone_in_flight_leaves_without_waiting_a_loop_turn(cluster: Cluster) -> None:
+    # decision 0036: with nothing else in flight the entries are sent from propose() itself
+    await cluster.start_all()
+    leader = await cluster.leader()
+    await cluster.converged()
+    sent = leader.stats.frames_sent
+    task = asyncio.create_task(leader.propose(c.KvPut("alone", b"v")))
+    await asyncio.sleep(0)  # the task has run up to its wait for the commit, nothing more
+    assert leader.stats.frames_sent >= sent + 2  # already out to both followers
+    assert (await asyncio.wait_for(task, 5)).ok
+
+
+def _pipes() -> int:
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd).startswith("pipe:")
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+async def test_a_running_group_holds_no_wakeup_pipe(tmp_path: Path) -> None:
+    # pysyncobj's pipe notifier (a write per proposal, a poll and a read per tick) is unplugged at start
+    before = _pipes()
+    cl = Cluster(tmp_path)
+    try:
+        await cl.start_all()
+        leader = await cl.leader()
+        assert (await leader.propose(c.KvPut("k", b"v"))).ok
+        assert _pipes() == before
+    finally:
+        await cl.close()
