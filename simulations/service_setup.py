@@ -50,7 +50,6 @@ class ServiceSetup:
         self.crdt: CrdtConverged | None = None
         self.workload: StateWorkload | None = None
         self.consensus: ConsensusService | None = None
-        self._bytes_of_halted = 0
         self._bytes_at_heal: int | None = None
         names = spec.service_names
         self.config = ServicesConfig(state="state" in names, registry="registry" in names)
@@ -68,17 +67,13 @@ class ServiceSetup:
         return service_core_factory(membership, self.config, seed=self.spec.seed, cluster=self.cluster, disks=self.disks)
 
     def service_bytes(self, world: World) -> int:
-        """Bytes all service cores have sent so far (running nodes plus those counted at their halt)."""
-        return self._bytes_of_halted + sum(getattr(n.core, "service_bytes", 0) for n in world.nodes if n.core is not None)
+        """Bytes all service cores have sent so far (every node, every life)."""
+        return self.disks.service_bytes()
 
     def attach(self, world: World) -> None:
         def on_fault(fault: f.Fault, now_ms: int) -> None:
             if isinstance(fault, f.Heal):
                 self._bytes_at_heal = self.service_bytes(world)
-            if isinstance(fault, (f.Crash, f.Restart)):
-                node = world.nodes[fault.node]
-                if isinstance(fault, f.Crash) and node.core is not None:
-                    self._bytes_of_halted += getattr(node.core, "service_bytes", 0)
 
         world.fault_hooks.append(on_fault)
         if self.config.registry:

@@ -234,10 +234,16 @@ class ServiceDisks:
     the node id is the key in the data directory). See docs/decisions/0055.
     """
 
+    def service_bytes(self) -> int:
+        """Bytes every service core of every node, in every life, has sent so far."""
+        return self.bytes_of_previous_lives + sum(node.service_bytes for node in self.nodes.values())
+
     def __init__(self) -> None:
         self.stores: dict[str, StateStore] = {}
         self.epochs: dict[str, int] = {}
         self.registry_epochs: dict[str, int] = {}
+        self.bytes_of_previous_lives = 0
+        """Service bytes sent by nodes' earlier lives (before their last restart)."""
         self.nodes: dict[str, ServiceNode] = {}
         """The service node currently running under each id (the last one booted)."""
         self.preload: Callable[[StateStore], None] | None = None
@@ -276,6 +282,9 @@ def service_core_factory(membership: CoreFactory, config: ServicesConfig, *, see
             registry = Registry(node_id, cluster=cluster, epoch=epoch, rng=fork(seed, "node", node_id, "registry", epoch),
                                 config=config.registry_config)
         node = ServiceNode(core, replicator=replicator, registry=registry, trace_key_changes=config.trace_key_changes)
+        previous = disks.nodes.get(node_id)
+        if previous is not None:
+            disks.bytes_of_previous_lives += previous.service_bytes
         disks.nodes[node_id] = node
         return node
 
