@@ -11,7 +11,7 @@ greater after every restart) and a per-epoch counter. No uuid, no randomness: id
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple, Union
 
@@ -24,6 +24,7 @@ __all__ = [
     "AGENT_TYPE_MIN",
     "AckEntry",
     "Acks",
+    "acks_frame",
     "AgentRecord",
     "AgentSkill",
     "AgentMessage",
@@ -428,14 +429,27 @@ def _acks_wire(m: Acks) -> list[Any]:
             [[_mid(r.msg_id), r.dest_agent, r.priority, r.session, r.seq, r.reason, r.detail] for r in m.rejects]]
 
 
-def batch_frame(envelopes: list[list[Any]], acks: Acks | None, cluster: str) -> list[Any]:
+def acks_frame(entries: list[list[Any]], rejects: Sequence[RejectEntry], cluster: str) -> list[Any]:
+    """An `Acks` frame from entries already in wire form ([dest_agent, priority, session, upto, [selective]]):
+    the delivery core writes its acks without an `AckEntry` and an `Acks` object per frame (decision 0119)."""
+    return [PROTOCOL_VERSION, cluster, _T_ACKS, entries, _rejects_wire(rejects)]
+
+
+def _rejects_wire(rejects: Sequence[RejectEntry]) -> list[Any]:
+    return [[_mid(r.msg_id), r.dest_agent, r.priority, r.session, r.seq, r.reason, r.detail] for r in rejects]
+
+
+def batch_frame(envelopes: list[list[Any]], acks: Acks | tuple[list[list[Any]], Sequence[RejectEntry]] | None,
+                cluster: str) -> list[Any]:
     """A `Batch` frame from envelopes already in wire form (the delivery core builds them once, when it
     stages a message, instead of an `Envelope` object per transmission; decision 0117). Each is
     [session, seq, floor, msg_id, kind, dest_agent, src_agent, priority, ttl_ms, flags, correlation, payload]
     with ids as (origin, epoch, counter) sequences."""
     frame = [PROTOCOL_VERSION, cluster, _T_BATCH, envelopes]
-    if acks is not None:
-        frame += _acks_wire(acks)
+    if type(acks) is tuple:  # (entries in wire form, rejects), as for `acks_frame`
+        frame += [acks[0], _rejects_wire(acks[1])]
+    elif acks is not None:
+        frame += _acks_wire(acks)  # type: ignore[arg-type]
     return frame
 
 
@@ -705,13 +719,22 @@ def _decode_acks(f: Any) -> Acks:
 def _acks_from(raw_entries: Any, raw_rejects: Any) -> Acks:
     out = []
     for raw in _array(raw_entries, MAX_ACK_ENTRIES):
-        a = _array(raw, 5)
-        if len(a) != 5:
+        # One pass per entry (every data frame in the other direction carries one; decision 0119).
+        if (type(raw) is not list and type(raw) is not tuple) or len(raw) != 5:
             raise _bad("bad ack entry")
-        sel = tuple(_int(s) for s in _array(a[4], MAX_SELECTIVE_ACKS))
-        out.append(AckEntry(_text(a[0], MAX_AGENT_ID_CHARS), _int(a[1], PRIORITY_LOW), _int(a[2]), _int(a[3]), sel))
+        dest, priority, session, upto, raw_sel = raw
+        if type(dest) is not str or len(dest) > MAX_AGENT_ID_CHARS:
+            raise _bad("bad text field")
+        if (type(priority) is not int or type(session) is not int or type(upto) is not int
+                or not 0 <= priority <= PRIORITY_LOW or not 0 <= session <= MAX_INCARNATION
+                or not 0 <= upto <= MAX_INCARNATION):
+            raise _bad("bad integer field")
+        sel = tuple(_int(s) for s in _array(raw_sel, MAX_SELECTIVE_ACKS)) if raw_sel else ()
+        if not raw_sel and type(raw_sel) is not list and type(raw_sel) is not tuple:
+            raise _bad("expected an array")
+        out.append(_new_id(AckEntry, (dest, priority, session, upto, sel)))
     rejects = []
-    for raw in _array(raw_rejects, MAX_ACK_ENTRIES):
+    for raw in _array(raw_rejects, MAX_ACK_ENTRIES) if raw_rejects else ():
         r = _array(raw, 7)
         if len(r) != 7:
             raise _bad("bad reject entry")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from operator import itemgetter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -51,17 +52,16 @@ from agentnode.agent_messages import (
     REASON_BUSY,
     REASON_EXPIRED,
     REASON_UNKNOWN_AGENT,
-    AckEntry,
     Acks,
     Batch,
     FrameError,
     MessageId,
     Outgoing,
     RejectEntry,
+    acks_frame,
     batch_frame,
     batch_wire,
     decode,
-    encode,
     fast_constructor,
 )
 from agentnode.routing import LivePeers
@@ -689,32 +689,33 @@ class Delivery:
         cluster = self.cluster
         staged = self._staged
         self._staged = {}
-        piggyback: dict[str, Acks] = {}
-        for node in list(dict.fromkeys([*self._ack_due, *self._rejects])):
+        piggyback: dict[str, tuple[list[list[Any]], list[RejectEntry]]] = {}
+        nodes = list(self._ack_due) if not self._rejects else list(dict.fromkeys([*self._ack_due, *self._rejects]))
+        for node in nodes:
             address = self._peers.address(node)
             keys = self._ack_due.pop(node, {})
             rejects = self._rejects.pop(node, [])
             if address is None:
                 continue
-            entries = []
+            entries = []  # in wire form (`acks_frame`): no AckEntry or Acks object per frame
             for key in keys:
                 rc = self._recv.get(key)
                 if rc is not None:
-                    sel = tuple(sorted(rc.buffer)[:MAX_SELECTIVE_ACKS]) if rc.buffer else ()
-                    entries.append(AckEntry(key[1], key[2], rc.session, rc.upto, sel))
+                    sel = sorted(rc.buffer)[:MAX_SELECTIVE_ACKS] if rc.buffer else []
+                    entries.append([key[1], key[2], rc.session, rc.upto, sel])
             for i in range(0, max(len(entries), len(rejects)), MAX_ACK_ENTRIES):
-                acks = Acks(tuple(entries[i:i + MAX_ACK_ENTRIES]), tuple(rejects[i:i + MAX_ACK_ENTRIES]))
+                chunk = (entries[i:i + MAX_ACK_ENTRIES], rejects[i:i + MAX_ACK_ENTRIES])
                 if i == 0 and staged.get(node):
-                    piggyback[node] = acks
+                    piggyback[node] = chunk
                 else:
-                    out.append(Outgoing(address, node, encode(acks, cluster)))
+                    out.append(Outgoing(address, node, acks_frame(chunk[0], chunk[1], cluster)))
         step = self.config.max_batch
         for node, envs in staged.items():
             address = self._peers.address(node)
             if address is None:
                 continue
             if len(envs) > 1:
-                envs.sort(key=_priority_of)
+                envs.sort(key=_priority_of)  # stable: FIFO within a priority
             acks = piggyback.get(node)
             for i in range(0, len(envs), step):
                 out.append(Outgoing(address, node, batch_frame(envs[i:i + step], acks, cluster)))
@@ -1253,5 +1254,5 @@ class Delivery:
         return iter(list(self._send))
 
 
-def _priority_of(wire: list[Any]) -> int:
-    return wire[7]  # the priority field of an envelope in wire form
+_priority_of = itemgetter(7)
+"""The priority field of an envelope in wire form (a C-level sort key)."""

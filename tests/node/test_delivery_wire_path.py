@@ -80,3 +80,18 @@ def test_fast_constructor_refuses_classes_that_validate() -> None:
 
     with pytest.raises(TypeError, match="__post_init__"):
         fast_constructor(DeliveryConfig)
+
+
+def test_acks_in_wire_form_decode_like_encoded_acks() -> None:
+    from agentnode.agent_messages import REASON_EXPIRED, RejectEntry, acks_frame, batch_frame
+
+    entries = [["w", 1, 7, 3, [5, 6]], ["v", 0, 2, 9, []]]
+    rejects = [RejectEntry(MessageId("a", 1, 4), "w", 1, 7, 4, REASON_EXPIRED, "late")]
+    expected = Acks((AckEntry("w", 1, 7, 3, (5, 6)), AckEntry("v", 0, 2, 9, ())), tuple(rejects))
+    for frame in (acks_frame(entries, rejects, C), batch_frame([], (entries, rejects), C)):
+        wire = msgpack.unpackb(msgpack.packb(frame, use_bin_type=True), raw=False)
+        got = decode(wire, C)
+        assert (got if isinstance(got, Acks) else got.acks) == expected  # type: ignore[union-attr]
+    bad = acks_frame([["w", 1, 7, 3, "x"]], [], C)
+    with pytest.raises(FrameError):
+        decode(bad, C)
