@@ -274,3 +274,91 @@ def test_a_holder_cut_off_from_the_majority_downgrades_before_another_node_can_c
     for _ in range(40):
         world.step(100)
     assert world.cores["n1"].state("a").state == LOST and world.confirmed("alice") == ["n2"]
+
+
+# -- belief implies truth, with slow and lost answers ----------------------------------------------------
+
+
+class _SlowWorld:
+    """Cores whose operations commit after a random delay and answer after another (or never, "unknown").
+
+    One clock for everyone (real time = log time), so the check is exact: whenever a core believes it
+    holds the name, the committed log gives the name to that core's owner at that moment."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.cut: set[str] = set()
+        nodes = ("n1", "n2", "n3")
+        self.group = MemoryCluster(nodes, reachable=lambda a, b: (a in self.cut) == (b in self.cut))
+        self.cores = {n: NameLeases(n, random.Random(f"{seed}:{n}"), NameConfig(ttl_ms=TTL)) for n in nodes}
+        self.now = 0
+        self.pending: list[tuple[int, int, str, NameOp, str]] = []
+        """(time, seq, node, op, phase "commit"/"answer")."""
+        self.answers: dict[tuple[str, int], tuple[object, str | None]] = {}
+        self.seq = 0
+        self.max_delay = self.rng.choice([50, 400, 1_500, 2_500])
+
+    def start(self, node: str, op: NameOp) -> None:
+        self.seq += 1
+        self.pending.append((self.now + self.rng.randrange(self.max_delay), self.seq, node, op, "commit"))
+
+    def step(self, ms: int) -> None:
+        self.now += ms
+        while True:
+            due = sorted(p for p in self.pending if p[0] <= self.now)
+            if not due:
+                break
+            item = due[0]
+            self.pending.remove(item)
+            at, _, node, op, phase = item
+            if phase == "commit":
+                command = {"claim": c.ClaimName, "renew": c.RenewName}[op.kind](op.name, op.owner, op.ttl_ms)
+                try:
+                    result: object = self.group.submit(node, command, at)
+                    error = "unknown" if self.rng.random() < 0.1 else None  # the answer gets lost
+                except NoQuorum:
+                    result, error = None, "not_applied"
+                self.answers[(node, op.op_id)] = (result, error)
+                self.seq += 1
+                self.pending.append((at + self.rng.randrange(self.max_delay), self.seq, node, op, "answer"))
+            else:
+                result, error = self.answers.pop((node, op.op_id))
+                self.cores[node].on_result(op.op_id, at, result=None if error else result, error=error)
+        for node, core in self.cores.items():
+            for op in core.handle_timer(self.now):
+                self.start(node, op)
+
+    def check(self) -> None:
+        truth = self.group.replica(self.group.leader) if self.group.leader else None
+        for core in self.cores.values():
+            for s in core.states():
+                if s.state != CONFIRMED:
+                    continue
+                assert s.valid_until_ms is not None and s.valid_until_ms > self.now
+                # the log, read at the newest committed entry, gives the name to this owner beyond now
+                lease = None
+                for voter in self.group.voters:
+                    replica = self.group.replica(voter)
+                    if truth is None or replica.applied > truth.applied:
+                        truth = replica
+                assert truth is not None
+                lease = truth.snapshot()["names"]
+                held = {row[0]: (row[1], row[2]) for row in lease}
+                assert s.name in held and held[s.name][0] == s.owner and held[s.name][1] > self.now, (
+                    f"{s.owner} believes it holds {s.name} at {self.now}, the log says {held.get(s.name)}")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_node_believes_it_holds_a_name_only_while_the_log_gives_it_that_name(seed: int) -> None:
+    world = _SlowWorld(seed)
+    for node, core in world.cores.items():
+        op = core.claim(f"agent-{node}", "alice", world.now)
+        world.start(node, op)
+    confirmed_ms = 0
+    for _ in range(4_000):  # 40 simulated seconds in 10 ms steps
+        if world.rng.random() < 0.01:
+            world.cut = set(world.rng.sample(sorted(world.cores), world.rng.choice([0, 0, 1, 2])))
+        world.step(10)
+        world.check()
+        confirmed_ms += 10 * sum(1 for core in world.cores.values() for s in core.states() if s.state == CONFIRMED)
+    assert confirmed_ms > 0  # the name was held for part of the run (the check was not vacuous)
