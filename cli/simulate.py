@@ -33,7 +33,8 @@ _SHOWN = (
 
 _STATE_SHOWN = (
     ("writes_done", "state: writes made"),
-    ("reconverge_s", "state: replicas equal after the heal (s)"),
+    ("replicas_equal_s", "state: all replicas equal after the heal (s)"),
+    ("reconverge_s", "state: equal and membership converged (s)"),
     ("membership_reconverge_s", "state: membership converged after the heal (s)"),
     ("service_bytes_heal_to_converged", "state: service bytes from heal to equal"),
     ("service_bytes", "state: service bytes, whole run"),

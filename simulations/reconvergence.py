@@ -35,6 +35,7 @@ def reconvergence_figure(*, nodes: int = 50, keys: int = 10_000, writes: int = 1
         "writes_during_partition": state.get("writes_done"),
         "partition_s": (result.timeline.marks["heal"] - result.timeline.marks["partition"]) / 1000,
         "reconverge_s": state.get("reconverge_s"),
+        "replicas_equal_s": state.get("replicas_equal_s"),
         "membership_reconverge_s": state.get("membership_reconverge_s"),
         "service_bytes_heal_to_converged": state.get("service_bytes_heal_to_converged"),
         "goal_s": GOAL_S,

@@ -56,9 +56,17 @@ class CrdtConverged:
         self.meter = meter
         self.bytes_log: list[int] = []
         """`meter()` (service bytes sent so far) at each entry of `converged_log`."""
+        self.equal_after_ms: int | None = None
+        """When set (a heal), the first check at or after it with all replicas equal is recorded in
+        `first_equal_ms`, whether or not membership has converged yet (a figure, not a rule)."""
+        self.first_equal_ms: int | None = None
         self._since = -1
         self._settled = False
         self._next_scan_ms = 0
+
+    def watch_equal_after(self, at_ms: int) -> None:
+        self.equal_after_ms = at_ms
+        self.first_equal_ms = None
 
     def since_ms(self, world: World) -> int | None:
         """When the current convergence clock started, or None while faults or membership are unsettled."""
@@ -67,6 +75,9 @@ class CrdtConverged:
         return max(self.log.last_write_ms, world.quiet_since_ms, world.converged_at_ms)
 
     def check(self, world: World, now_ms: int, final: bool) -> str | None:
+        if self.equal_after_ms is not None and self.first_equal_ms is None and now_ms >= self.equal_after_ms:
+            if len({r.root_digest() for _, r in live_replicas(world)}) <= 1:
+                self.first_equal_ms = now_ms
         since = self.since_ms(world)
         if since is None:
             self._since = -1

@@ -74,6 +74,8 @@ class ServiceSetup:
         def on_fault(fault: f.Fault, now_ms: int) -> None:
             if isinstance(fault, f.Heal):
                 self._bytes_at_heal = self.service_bytes(world)
+                if self.crdt is not None:
+                    self.crdt.watch_equal_after(now_ms)
 
         world.fault_hooks.append(on_fault)
         if self.config.registry:
@@ -149,6 +151,8 @@ class ServiceSetup:
                 out["service_bytes_heal_to_converged"] = bytes_after[0] - self._bytes_at_heal
             membership = [c for s, _, c in world.convergence_log if s >= heal]
             out["heal_ms"] = heal
+            first = self.crdt.first_equal_ms
+            out["replicas_equal_s"] = round((first - heal) / 1000, 3) if first is not None else None
             out["reconverge_s"] = round((after[0] - heal) / 1000, 3) if after else None
             out["membership_reconverge_s"] = round((membership[0] - heal) / 1000, 3) if membership else None
             out["reconverge_after_membership_s"] = (round((after[0] - membership[0]) / 1000, 3)
