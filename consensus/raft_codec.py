@@ -314,7 +314,7 @@ def command_from_wire(value: Any, cache: CommandWireCache | None = None) -> byte
             raise RaftFrameError(f"log entry payload: {exc}") from None
         if cache is not None:
             cache.remember_entry(payload, decoded)
-        return bytes([_REGULAR]) + pickle.dumps((_APPLY_FUNC_ID, (payload,)), _PICKLE_PROTOCOL)
+        return _regular_command(payload)
     if tag == "M" and len(value) == 3 and value[1] in ("add", "rem") and _is_voter_id(value[2]):
         return bytes([_MEMBERSHIP]) + pickle.dumps([value[1], value[2]], _PICKLE_PROTOCOL)
     if tag == "V" and len(value) == 2 and type(value[1]) is int and 0 <= value[1] <= INDEX_MAX:
@@ -427,6 +427,31 @@ def _compile(schema: dict[str, str], kind: str) -> tuple[dict[str, tuple[str, An
 _COMPILED = {kind: _compile(schema, kind) for kind, schema in _SCHEMAS.items()}
 """`_SCHEMAS` looked up once: field name -> (checker, encoder, decoder, where); required names.
 Read-only after import (a table, not state)."""
+
+
+def _regular_command_parts() -> tuple[bytes, bytes]:
+    """What `pickle.dumps((0, (payload,)), 2)` writes around the payload, found by pickling a probe.
+
+    Protocol 2 has no bytes opcode: it writes ``_codecs.encode(payload.decode('latin1'), 'latin1')``,
+    the text as BINUNICODE ('X', 4-byte little-endian length, UTF-8). Everything else is fixed.
+    """
+    probe = b"\xfe\x00probe"
+    text = probe.decode("latin1").encode("utf-8")
+    data = bytes([_REGULAR]) + pickle.dumps((_APPLY_FUNC_ID, (probe,)), _PICKLE_PROTOCOL)
+    start = data.index(b"X" + len(text).to_bytes(4, "little") + text)
+    return data[: start + 1], data[start + 5 + len(text):]
+
+
+_REGULAR_HEAD, _REGULAR_TAIL = _regular_command_parts()
+
+
+def _regular_command(payload: bytes) -> bytes:
+    """``bytes([_REGULAR]) + pickle.dumps((_APPLY_FUNC_ID, (payload,)), 2)``, byte for byte, about
+    four times faster (every follower rebuilds this for every entry it receives)."""
+    if not payload:  # protocol 2 pickles b"" as bytes(), not through _codecs.encode
+        return bytes([_REGULAR]) + pickle.dumps((_APPLY_FUNC_ID, (payload,)), _PICKLE_PROTOCOL)
+    text = payload.decode("latin1").encode("utf-8")
+    return _REGULAR_HEAD + len(text).to_bytes(4, "little") + text + _REGULAR_TAIL
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
