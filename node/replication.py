@@ -399,6 +399,10 @@ class Replicator:
         self._inbound: dict[str, _Inbound] = {}
         self._peer_seen: dict[str, VectorClock] = {}
         self._peer_claims: dict[str, dict[str, str]] = {}
+        self._now_ms: int | None = None
+        self._born_ms: int | None = None
+        """First time this core saw the clock: for `forget_dead_after_ms` after it, every replica its
+        (possibly restored) store has seen events from is an owner candidate (decision 0024)."""
         self._left_at: dict[str, int] = {}
         """Members that left (not retired) -> when: still owner candidates for `forget_dead_after_ms`,
         so an owner that folded and restarted (a leave) is not replaced by a second folder meanwhile."""
@@ -499,8 +503,13 @@ class Replicator:
 
     def prune_owner(self) -> str:
         """The replica that folds retired replicas' entries, as this node sees it: the lowest id among
-        the roster, this node and members that left less than `forget_dead_after_ms` ago."""
-        return min([self.node_id, *self._roster, *self._left_at])
+        the roster, this node, members that left less than `forget_dead_after_ms` ago and, for
+        `forget_dead_after_ms` after this core started, every non-retired replica its store has seen
+        events from (a restarted node does not know yet who failed: it must not name itself)."""
+        candidates = [self.node_id, *self._roster, *self._left_at]
+        if self._warming_up():
+            candidates.extend(r for r, _ in self.store.seen().items() if not self.store.is_retired(r))
+        return min(candidates)
 
     # -- API calls ----------------------------------------------------------------------------
 
@@ -620,6 +629,9 @@ class Replicator:
 
     def handle_timer(self, now_ms: int) -> None:
         """Ship delta batches, retransmit, expire rounds and requests, run digests and GC."""
+        self._now_ms = now_ms
+        if self._born_ms is None:
+            self._born_ms = now_ms
         for request_id in [r for r, q in self._requests.items() if q.deadline <= now_ms]:
             self._finish_request(request_id, timed_out=True)
         for round_id in [r for r, rd in self._rounds.items() if rd.deadline <= now_ms]:
@@ -1160,8 +1172,21 @@ class Replicator:
                     self.store.retire(node_id)
                     self.counters["replicas_retired"] += 1
 
+    def _warming_up(self) -> bool:
+        """True for `forget_dead_after_ms` after this core started: its roster may still lack members."""
+        return self._born_ms is None or self._now_ms is None or self._now_ms - self._born_ms < self.config.forget_dead_after_ms
+
     def _member_seen(self) -> dict[str, VectorClock] | None:
-        """Every roster member's last reported seen vector; None while one has never reported."""
+        """Every roster member's last reported seen vector; None while one has never reported.
+
+        While warming up (a restarted node does not know who failed while it was away), every
+        non-retired replica its store has seen events from must be back in the roster too: else a
+        node restarted alone would collect tombstones and prune markers on its own (decision 0024).
+        """
+        if self._warming_up():
+            for r, _ in self.store.seen().items():
+                if r != self.node_id and r not in self._roster and not self.store.is_retired(r) and r not in self._left_at:
+                    return None
         member_seen: dict[str, VectorClock] = {}
         for node_id in self._roster:
             seen = self._peer_seen.get(node_id)
@@ -1273,6 +1298,9 @@ class Replicator:
         self._arm_periodic(now_ms)
 
     def _arm_periodic(self, now_ms: int) -> None:
+        self._now_ms = now_ms
+        if self._born_ms is None:
+            self._born_ms = now_ms
         if self._digest_at is None:
             self._digest_at = now_ms + self._jitter(self.config.digest_interval_ms)
         if self._gc_at is None:
