@@ -44,9 +44,15 @@ def agents(
     if json or stats:
         print_json(result)
         return
-    rows = [(a["agent_id"], a["node_id"], ",".join(a["capabilities"]), ",".join(a["topics"]),
+    rows = [(a["agent_id"], _name_cell(a), a["node_id"], ",".join(a["capabilities"]), ",".join(a["topics"]),
              a["status"] + (" (node suspect)" if a["node_suspect"] else ""), a["load"]) for a in result]
-    print_table(None, ["agent id", "node", "capabilities", "topics", "status", "load"], rows)
+    print_table(None, ["agent id", "name", "node", "capabilities", "topics", "status", "load"], rows)
+
+
+def _name_cell(agent: dict[str, Any]) -> str:
+    """The name, with its Raft lease state when it is a unique name (confirmed, unconfirmed, lost)."""
+    lease = agent.get("name_lease")
+    return agent.get("name", "") + (f" ({lease['state']})" if lease else "")
 
 
 def send(

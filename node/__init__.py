@@ -24,6 +24,7 @@ __all__ = [
     "ExpiredError",
     "Message",
     "MessagingConfig",
+    "NameTaken",
     "Node",
     "NodeConfig",
     "NodeStopped",
@@ -51,12 +52,14 @@ if TYPE_CHECKING:
         UnknownAgentError,
     )
     from agentnode.config import ConfigError, NodeConfig
+    from agentnode.names import NameTaken
     from agentnode.runtime import Node, NodeStopped
     from agentnode.state import ConsistencyNotMet, StateChange
 
 _LAZY = {
     "ConfigError": "agentnode.config",
     "NodeConfig": "agentnode.config",
+    "NameTaken": "agentnode.names",
     "Node": "agentnode.runtime",
     "NodeStopped": "agentnode.runtime",
     "ConsistencyNotMet": "agentnode.state",
