@@ -168,3 +168,29 @@ def test_digest_repairs_close_seen_vector_gaps_so_garbage_collection_finishes() 
     assert done
     seen = {n: net.nodes[n].store.seen() for n in net.live()}
     assert len(set(seen.values())) == 1
+
+
+def test_a_node_restarted_alone_neither_folds_nor_collects() -> None:
+    """Restarted in a partition, the owner knows nobody: for forget_dead_after_ms the replicas its
+    store has seen count as members, so it waits for them instead of folding or collecting alone."""
+    net, gone, before = _cluster_with_departed(seed=16)
+    owner = net.ids[0]
+    net.call(owner, lambda c: c.delete("doomed", net.now))
+    assert net.run_until(net.now + 3_000, stop=net.converged)
+    net.crash(gone)
+    net.partition([owner], net.ids[1:3], detect_ms=0)
+    net.run(100)
+    store = net.nodes[owner].store
+    net.crash(owner)
+    net.restart(owner, store)  # alone: no member_up from anyone
+    for node in net.ids[:3]:
+        net.call(node, lambda c: c.retire(gone, net.now))
+    net.run(5_000)
+    assert net.nodes[owner].roster() == {owner: True}
+    assert net.nodes[owner].counters["keys_pruned"] == 0
+    assert net.nodes[owner].store.tombstones() == ["doomed"]
+    net.heal()
+    assert net.run_until(net.now + 20_000, stop=lambda: net.converged() and not any(
+        _mentions(net, n, gone) for n in net.live()))
+    assert sum(net.nodes[n].counters["keys_pruned"] for n in net.live()) == 5  # each key folded once
+    assert set(net.values("hits").values()) == {before["hits"]}
