@@ -24,6 +24,7 @@ import asyncio
 import heapq
 import json
 import math
+import os
 import random
 import statistics
 import sys
@@ -36,7 +37,7 @@ __all__ = ["TARGETS", "run_messaging_benchmark", "simulate_broadcast"]
 
 PAYLOAD_BYTES = 256
 SEND_WINDOW = 2_048
-"""Sends in flight at once in the throughput phases (the delivery window is 256 per channel)."""
+"""Sends in flight at once in the throughput phases (twice the delivery window of 1024 per channel)."""
 BATCH = 256
 """Messages per `send_many` call in the batched phases (SEND_WINDOW // BATCH calls in flight)."""
 RTT_WARMUP = 200
@@ -108,7 +109,7 @@ async def _unicast_phases(messages: int) -> dict[str, Any]:
                 for mode in ("at_least_once", "durable"):
                     out["unicast_batched"][mode] = await _throughput(node, receiver, sink, payload, mode, messages,
                                                                      batched=True)
-                out["request_rtt"] = await _rtt(node, sink, payload, RTT_SAMPLES)
+                out["request_rtt"] = await _rtt(node, sink, payload, RTT_SAMPLES, receiver)
                 rate = out["unicast"]["at_least_once"]["msgs_per_s"] / 2
                 out["request_rtt_half_load"] = {"load_msgs_per_s": round(rate), **await _rtt_under_load(node, sink, payload, rate)}
                 out["sender_counters"] = node.agents.stats()["delivery"]
@@ -124,6 +125,7 @@ async def _throughput(node: Any, receiver: Any, sink: str, payload: bytes, mode:
         return int(stats["handled"].get(sink, 0))
 
     before = await handled()
+    cpu = _CpuClock(receiver)
     per_worker = n // SEND_WINDOW
     extra = n - per_worker * SEND_WINDOW
     confirm = mode == "at_least_once"
@@ -160,16 +162,42 @@ async def _throughput(node: Any, receiver: Any, sink: str, payload: bytes, mode:
     elapsed = time.perf_counter() - started
     got = await handled() - before
     return {"msgs_per_s": round(got / elapsed), "delivered": got, "sent": n, "send_return_per_s": round(n / sent_s),
-            "seconds": round(elapsed, 3)}
+            "seconds": round(elapsed, 3), **cpu.per("msg", max(1, got))}
 
 
-async def _rtt(node: Any, sink: str, payload: bytes, samples: int) -> dict[str, Any]:
+async def _rtt(node: Any, sink: str, payload: bytes, samples: int, receiver: Any = None) -> dict[str, Any]:
+    cpu = _CpuClock(receiver)
     rtts = []
     for _ in range(samples):
         t0 = time.perf_counter()
         await node.request(sink, payload, timeout=5)
         rtts.append((time.perf_counter() - t0) * 1e6)
-    return _percentiles(rtts)
+    return {**_percentiles(rtts), **(cpu.per("request", samples) if receiver is not None else {})}
+
+
+class _CpuClock:
+    """CPU seconds used by this (sender) process and by the receiver process since creation: per-message
+    cost that the machine's load does not stretch the way it stretches wall-clock rates."""
+
+    def __init__(self, receiver: Any) -> None:
+        self._pid = getattr(getattr(receiver, "process", None), "pid", None)
+        self._sender = time.process_time()
+        self._receiver = self._receiver_s()
+
+    def _receiver_s(self) -> float | None:
+        try:  # Linux: utime + stime of the receiver process, in clock ticks (proc(5))
+            with open(f"/proc/{self._pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, TypeError):
+            return None
+
+    def per(self, unit: str, count: int) -> dict[str, Any]:
+        out: dict[str, Any] = {f"sender_cpu_us_per_{unit}": round((time.process_time() - self._sender) / count * 1e6, 1)}
+        end = self._receiver_s()
+        if end is not None and self._receiver is not None:
+            out[f"receiver_cpu_us_per_{unit}"] = round((end - self._receiver) / count * 1e6, 1)
+        return out
 
 
 async def _rtt_under_load(node: Any, sink: str, payload: bytes, rate: float) -> dict[str, Any]:
