@@ -869,13 +869,12 @@ class NodeCore:
         self._counters["joins_sent" if join else "push_pulls_sent"] += 1
 
     def _full_state(self) -> tuple[Update, ...]:
-        states = []
-        for rec in self._members.values():
-            states.append(Update(KIND_OF_STATE[rec.state], rec.node_id, rec.incarnation, rec.address, "",
-                                 rec.metadata if rec.state == ALIVE else None))
-            if len(states) >= MAX_STATES_PER_PUSH_PULL:
-                break
-        return tuple(states)
+        new, kinds = _new_update, KIND_OF_STATE
+        states = [new(Update, (kinds[rec.state], rec.node_id, rec.incarnation, rec.address, "",
+                               rec.metadata if rec.state == ALIVE else None))
+                  for rec in self._members.values()]
+        # (memberlist caps push-pull state at 20 MiB; ours counts members)
+        return tuple(states[:MAX_STATES_PER_PUSH_PULL])
 
     # ------------------------------------------------------------------ helpers
 
@@ -1076,3 +1075,5 @@ class NodeCore:
 
 
 _intern = sys.intern
+_new_update = tuple.__new__
+"""Builds an `Update` from a 6-tuple without the named tuple's Python-level constructor."""

@@ -10,6 +10,7 @@ never O(queue): updates live in one insertion-ordered dict per transmit count.
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 from agentnode.messages import Update
 
@@ -58,34 +59,39 @@ class Dissemination:
 
     def take(self, max_updates: int) -> tuple[Update, ...]:
         """Up to `max_updates` updates for one frame; counts the transmission, retires spent ones."""
-        if not self._where:
+        where = self._where
+        if not where:
             return ()
         limit = self._limit
         buckets = self._buckets
-        picks: list[tuple[int, str]] = []
+        taken: list[Update] = []
+        moved_in = 0
+        """Updates just moved into the current bucket by this take; they are not taken twice."""
         for t in range(len(buckets)):
             bucket = buckets[t]
-            if not bucket:
+            skip, moved_in = moved_in, 0
+            if len(bucket) <= skip:
                 continue
-            for node_id in reversed(bucket):
-                picks.append((t, node_id))
-                if len(picks) >= max_updates:
-                    break
-            if len(picks) >= max_updates:
-                break
-        taken: list[Update] = []
-        where = self._where
-        for t, node_id in picks:
-            update = buckets[t].pop(node_id)
-            taken.append(update)
+            # Newest first, skipping the updates this take just moved here (they sit at the end).
+            picks = list(islice(reversed(bucket), skip, skip + max_updates - len(taken)))
             nxt = t + 1
             if nxt < limit:
                 if nxt == len(buckets):
                     buckets.append({})
-                buckets[nxt][node_id] = update
-                where[node_id] = nxt
+                dest = buckets[nxt]
+                pop = bucket.pop
+                for node_id in picks:
+                    update = pop(node_id)
+                    taken.append(update)
+                    dest[node_id] = update
+                    where[node_id] = nxt
+                moved_in = len(picks)
             else:
-                del where[node_id]
+                for node_id in picks:
+                    taken.append(bucket.pop(node_id))
+                    del where[node_id]
+            if len(taken) >= max_updates:
+                break
         return tuple(taken)
 
     def peek(self, node_id: str) -> Update | None:

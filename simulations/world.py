@@ -451,12 +451,16 @@ class World:
         for out in outgoing:
             self._send(node, out, now)
         event = core.next_event()
-        while event is not None:
-            self._on_event(node, event, now)
-            budget -= 1
-            if budget <= 0:
-                raise RuntimeError(f"{node.node_id} emitted more than {OUTPUTS_PER_DRAIN_MAX} events after one input")
-            event = core.next_event()
+        if event is not None:
+            lines: list[bytes] = []
+            while event is not None:
+                lines.append(self._on_event(node, event, now))
+                budget -= 1
+                if budget <= 0:
+                    raise RuntimeError(f"{node.node_id} emitted more than {OUTPUTS_PER_DRAIN_MAX} events after one input")
+                event = core.next_event()
+            # One trace record per drain (a join emits N events at once).
+            self.trace.record(b"E%d %d\n" % (now, node.index) + b"\n".join(lines))
         if node.running:
             self._arm(node, core.get_timer(), now)
 
@@ -518,17 +522,17 @@ class World:
         node.timer_at = due
         self.scheduler.push(due, TIMER, node.index, node.timer_gen)
 
-    def _on_event(self, node: SimNode, event: Any, now: int) -> None:
+    def _on_event(self, node: SimNode, event: Any, now: int) -> bytes:
+        """Account for one event; returns its trace line (`_drain` records one batch per drain)."""
         self.counters["events"] += 1
         name = type(event).__name__
         state = _EVENT_STATES.get(name)
         if state is not None:
             # Membership events (most of them, N^2 joins): name, subject and incarnation; repr() of the
             # dataclass cost more than the core's work to emit it. Their other fields follow from the frames.
-            self.trace.record(b"E%d %d " % (now, node.index) + (
-                f"{name} {_subject_id(event)} {getattr(event, 'incarnation', None)}").encode())
+            line = f"{name} {_subject_id(event)} {getattr(event, 'incarnation', None)}".encode()
         else:
-            self.trace.record(b"E%d %d " % (now, node.index) + repr(event).encode())
+            line = repr(event).encode()
         if name == "IncarnationChanged":
             node.incarnation_saved = int(event.incarnation)
         else:
@@ -538,6 +542,7 @@ class World:
                     self._observe(node.index, subject, state, now)
         for hook in self.event_hooks:
             hook(node, event, now)
+        return line
 
     def _observe(self, observer: int, subject: int, state: int, now: int) -> None:
         old = self.views.set_state(observer, subject, state, now)
