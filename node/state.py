@@ -514,6 +514,13 @@ class NodeState:
         async def stats(_: dict[str, Any]) -> Any:
             return jsonable(self.stats())
 
+        async def retire(args: dict[str, Any]) -> Any:
+            node_id = args.get("node_id")
+            if type(node_id) is not str or not node_id:
+                raise ValueError("state.retire needs node_id: the id of a node gone for good")
+            self.retire(node_id)
+            return {"retired": self._require().retired()}
+
         async def watch(args: dict[str, Any]) -> AsyncIterator[Any]:
             key = _arg_key(args)
             async for change in self.watch(key):
@@ -523,6 +530,7 @@ class NodeState:
         control.add("state.update", update)
         control.add("state.keys", keys)
         control.add("state.stats", stats)
+        control.add("state.retire", retire)
         control.add_stream("state.watch", watch)
 
     # -- plumbing -----------------------------------------------------------------------------

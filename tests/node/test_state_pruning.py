@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -42,6 +43,19 @@ async def _until(what: str, predicate: Callable[[], bool], timeout_s: float = 20
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
+class _Control:
+    """Collects the control operations `node.state` registers."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, Any] = {}
+
+    def add(self, name: str, fn: Any) -> None:
+        self.ops[name] = fn
+
+    def add_stream(self, name: str, fn: Any) -> None:
+        self.ops[name] = fn
+
+
 def _mentions(node: Node, replica: str) -> list[str]:
     return node.state.replicator.store.keys_mentioning(replica)
 
@@ -61,8 +75,12 @@ async def test_retired_node_is_folded_and_a_restart_keeps_the_folded_state(tmp_p
         gone = nodes[2].node_id
         await nodes[2].stop()
         live = nodes[:2]
-        for node in live:
-            node.state.retire(gone)
+        live[0].state.retire(gone)
+        control = _Control()
+        live[1].state.add_control_ops(control)
+        assert await control.ops["state.retire"]({"node_id": gone}) == {"retired": [gone]}
+        with pytest.raises(ValueError, match="node_id"):
+            await control.ops["state.retire"]({})
         await live[0].state.increment("visits", 1)  # writes go on during the fold
         await _until("the fold", lambda: not any(_mentions(n, gone) for n in live)
                      and all(n.state.local_value("visits") == 7 for n in live), 30)
