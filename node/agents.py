@@ -81,6 +81,7 @@ from agentnode.names import (
     marker_of,
     parse_marker,
 )
+from agentnode.durable_backlog import DurableBacklog
 from agentnode.inbox import Inbox, InboxItem
 from agentnode.outbox import Outbox, OutboxEntry, OutboxFull, StorageError
 from agentnode.registry import (
@@ -530,6 +531,8 @@ _COUNTERS = (
     "late_incoming", "durable_duplicates_dropped", "durable_replayed", "inbox_errors",
     "durable_to_absent", "durable_retried",
 )
+DURABLE_BACKLOG = 16_384
+"""Committed durable messages waiting for room in the delivery queue before durable sends wait too."""
 DURABLE_RETRY_S = 1.0
 """Delay before a durable message the receiving node rejected as "no such agent" is offered again."""
 DURABLE_ABSENT_GRACE_MS = 60_000
@@ -571,7 +574,8 @@ class AgentService:
         self._durable: dict[MessageId, _Staged] = {}
         """Committed durable messages not yet acknowledged or finally failed."""
         self._staged: list[_Staged] = []
-        self._deferred: list[_Staged] = []
+        self._deferred: DurableBacklog[_Staged] = DurableBacklog()
+        """Committed durable messages waiting for room in the delivery queue, FIFO per channel."""
         self._acks: list[MessageId] = []
         self._group: asyncio.Future[None] | None = None
         """Resolved by the group commit of the durable sends staged in this loop turn (one future for all)."""
@@ -628,7 +632,7 @@ class AgentService:
         for i, entry in enumerate(pending):
             ttl_ms = 0 if entry.expires_at_ms is None else max(1, entry.expires_at_ms - wall)
             staged = _Staged(entry, ttl_ms, False, None)
-            self._deferred.append(staged)
+            self._deferred.add(_channel(entry), staged)
             self._durable[entry.msg_id] = staged
         self.counters["durable_resent"] += len(pending)
         if pending:
@@ -850,8 +854,11 @@ class AgentService:
             return await self._failover(to, lambda c: self._send_to(c.agent_id, c.node_id, body, delivery, ttl_ms, prio,
                                                                     confirm, policy, timeout_s, src, True))
         node_id = self._resolve_durable(to) if delivery == DURABLE else self._resolve(to)
-        if delivery == DURABLE and not confirm and self.delivery.capacity(node_id, to, prio) > 0:
-            # One coroutine level: stage, and wait for the group commit shared with this turn's other sends.
+        if delivery == DURABLE and not confirm:
+            # Stored, then handed to delivery as its queue has room (decision 0122): no wait for that room
+            # here, only for the group commit shared with this turn's other sends.
+            if len(self._deferred) >= DURABLE_BACKLOG:
+                await self._durable_room(to, node_id, policy, timeout_s)
             wait_if_full = policy == "wait"
             if wait_if_full and ttl_ms == 0:
                 ttl_ms = _seconds_ms(timeout_s, "timeout")
@@ -914,8 +921,12 @@ class AgentService:
         ids: list[MessageId] = []
         pos = 0
         while pos < len(bodies):
-            await self._room_for(node_id, to, prio, policy, max(0.001, deadline - time.monotonic()))
-            room = self.delivery.capacity(node_id, to, prio) if delivery != BEST_EFFORT else len(bodies)
+            if delivery == DURABLE:  # stored first, handed to delivery as room frees up (decision 0122)
+                await self._durable_room(to, node_id, policy, max(0.001, deadline - time.monotonic()))
+                room = len(bodies)
+            else:
+                await self._room_for(node_id, to, prio, policy, max(0.001, deadline - time.monotonic()))
+                room = self.delivery.capacity(node_id, to, prio) if delivery != BEST_EFFORT else len(bodies)
             chunk = bodies[pos:pos + max(1, room)]
             if delivery == DURABLE:
                 chunk_ids = await self._stage_durable_many(to, node_id, chunk, ttl_ms, prio, wait_if_full, src)
@@ -1163,6 +1174,26 @@ class AgentService:
                 self._sweep = self._loop.call_later(WAITER_SWEEP_S, self._sweep_waiters)
             await room
 
+    async def _durable_room(self, agent_id: str, node_id: str, policy: str, timeout_s: float) -> None:
+        """Durable sends do not wait for the delivery queue, only while DURABLE_BACKLOG committed messages
+        are already waiting for it (the bound on what the outbox holds in memory)."""
+        if len(self._deferred) < DURABLE_BACKLOG:
+            return
+        detail = f"{len(self._deferred)} stored durable messages wait for the delivery queue"
+        if policy != "wait":
+            raise self._local_backpressure(agent_id, node_id, detail)
+        self.counters["send_waits"] += 1
+        deadline = time.monotonic() + timeout_s
+        while len(self._deferred) >= DURABLE_BACKLOG:
+            if deadline - time.monotonic() <= 0:
+                raise self._local_backpressure(agent_id, node_id, f"{detail} (waited {timeout_s:g} s)")
+            assert self._loop is not None
+            room: asyncio.Future[None] = self._loop.create_future()
+            self._room.append((deadline, room))  # woken as for _room_for
+            if self._sweep is None:
+                self._sweep = self._loop.call_later(WAITER_SWEEP_S, self._sweep_waiters)
+            await room
+
     def _local_backpressure(self, agent_id: str, node_id: str, detail: str) -> BackpressureError:
         return BackpressureError(Backpressure(MessageId(self.node_id, self.epoch, 0), node_id, agent_id, detail))
 
@@ -1399,7 +1430,7 @@ class AgentService:
     def _offer_again(self, staged: _Staged) -> None:
         if self._closed or self._durable.get(staged.entry.msg_id) is not staged:
             return
-        self._deferred.append(staged)
+        self._deferred.add(_channel(staged.entry), staged)
         self.schedule_pump()
 
     def _dispatch(self, event: Incoming) -> None:
@@ -1460,34 +1491,32 @@ class AgentService:
                 self._durable[s.entry.msg_id] = s
                 if s.future is not None and not s.future.done():
                     s.future.set_result(None)
-            self._deferred.extend(staged)
+            deferred = self._deferred
+            for s in staged:
+                deferred.add(_channel(s.entry), s)
         if self._deferred:
             now = self.now_ms()
-            batch, self._deferred = self._deferred[:RESEND_BATCH], self._deferred[RESEND_BATCH:]
-            i = 0
-            while i < len(batch):
-                # Runs of messages for the same channel with the same options go in one send_many call.
-                first = batch[i]
-                e = first.entry
-                room = self.delivery.capacity(e.dest_node, e.dest_agent, e.priority)
-                j = i + 1
-                end = min(len(batch), i + max(room, 1))
-                while j < end and _same_channel(batch[j], first):
-                    j += 1
-                take = batch[i:min(j, i + room)]
-                if take:
-                    self.delivery.send_many(e.dest_node, e.dest_agent, [s.entry.payload for s in take], now,
+            capacity = self.delivery.capacity
+            runs, more = self._deferred.take(lambda key: capacity(*key), RESEND_BATCH)
+            for _, items in runs:
+                i = 0
+                while i < len(items):
+                    # Messages of one channel with the same options go in one send_many call.
+                    first = items[i]
+                    j = i + 1
+                    while j < len(items) and _same_channel(items[j], first):
+                        j += 1
+                    e = first.entry
+                    self.delivery.send_many(e.dest_node, e.dest_agent, [s.entry.payload for s in items[i:j]], now,
                                             src_agent=e.src_agent, mode=DURABLE, priority=e.priority,
                                             ttl_ms=min(first.ttl_ms, MAX_TTL_MS),
                                             wait_if_full=first.wait_if_full and first.ttl_ms > 0,
-                                            msg_ids=[s.entry.msg_id for s in take])
-                if i + len(take) < j:
-                    # Stored already; hand the rest over when the queues drain (next pump).
-                    self._deferred[:0] = batch[i + len(take):]
-                    break
-                i = j
-            if self._deferred:
-                self.schedule_pump()
+                                            msg_ids=[s.entry.msg_id for s in items[i:j]])
+                    i = j
+            # A channel without room is handed its messages when the ack, expiry or failure that frees
+            # room runs a pump; only a cut at RESEND_BATCH needs the next turn.
+            if more:
+                self.schedule_pump()  # cut at RESEND_BATCH: the next turn hands over the next batch
 
     def _on_delivery_event(self, event: Any) -> None:
         t = type(event)
@@ -1921,6 +1950,10 @@ def _payload(payload: Payload) -> bytes:
     if isinstance(payload, (bytearray, memoryview)):
         return bytes(payload)
     raise ValueError(f"payload must be bytes or str, not {type(payload).__name__}; serialise it first (json.dumps)")
+
+
+def _channel(e: OutboxEntry) -> tuple[str, str, int]:
+    return (e.dest_node, e.dest_agent, e.priority)
 
 
 def _same_channel(a: _Staged, b: _Staged) -> bool:
