@@ -108,6 +108,9 @@ MAX_OUTBOX = 100_000
 """Frames waiting for `messages_to_send`; beyond this new frames are dropped and counted."""
 MAX_PENDING_REQUESTS = 10_000
 """Reads and writes waiting for replies; more is caller misuse (await them)."""
+PRUNE_IDLE_TICKS = 12
+"""After a scan finds no key mentioning a retired replica, the owner rescans it only every this many
+GC ticks (a minute at the default 5 s): late stale deltas can bring a context entry back."""
 MAX_LEFT_REMEMBERED = 10_000
 """Members that left remembered as fold-owner candidates (decision 0024); beyond this the oldest go."""
 MAX_ROUNDS = 256
@@ -403,6 +406,8 @@ class Replicator:
         self._born_ms: int | None = None
         """First time this core saw the clock: for `forget_dead_after_ms` after it, every replica its
         (possibly restored) store has seen events from is an owner candidate (decision 0024)."""
+        self._prune_idle: dict[str, int] = {}
+        """Retired replica -> GC ticks to skip before the owner scans the store for it again."""
         self._left_at: dict[str, int] = {}
         """Members that left (not retired) -> when: still owner candidates for `forget_dead_after_ms`,
         so an owner that folded and restarted (a leave) is not replaced by a second folder meanwhile."""
@@ -1263,13 +1268,21 @@ class Replicator:
             return
         mine = self.store.seen()
         budget = self.config.prune_keys_per_tick
+        folded = 0
         for r in retired:
             if any(self._peer_claims.get(m, {}).get(r) != self.node_id for m in self._roster):
                 continue
             if any(vv.get(r) > mine.get(r) for vv in member_seen.values()):
                 self.counters["prune_waiting"] += 1  # a member holds events of r we lack: anti-entropy first
                 continue
-            for key in self.store.keys_mentioning(r, budget):
+            idle = self._prune_idle.get(r, 0)
+            if idle:
+                self._prune_idle[r] = idle - 1
+                continue
+            keys = self.store.keys_mentioning(r, budget)
+            if not keys:
+                self._prune_idle[r] = PRUNE_IDLE_TICKS
+            for key in keys:
                 try:
                     delta = self.store.prune(key, r)
                 except LimitExceededError:
@@ -1277,11 +1290,13 @@ class Replicator:
                     continue
                 budget -= 1
                 if delta is not None:
+                    folded += 1
                     self.counters["keys_pruned"] += 1
                     self._changed(key, "gc")
             if budget <= 0:
                 break
-        self._arm_flush(now_ms)
+        if folded:
+            self._arm_flush(now_ms)
 
     # -- plumbing -----------------------------------------------------------------------------
 
