@@ -82,7 +82,7 @@ from agentnode.names import (
     parse_marker,
 )
 from agentnode.durable_backlog import DurableBacklog
-from agentnode.inbox import Inbox, InboxItem
+from agentnode.inbox import Inbox, InboxItem, InboxWriteFailed
 from agentnode.outbox import Outbox, OutboxEntry, OutboxFull, StorageError
 from agentnode.registry import (
     AgentEntry,
@@ -1380,27 +1380,24 @@ class AgentService:
             self._timer = self._loop.call_at(max(when, self.now_ms()) / 1000.0, self._on_timer)
 
     def _accept_durable(self) -> None:
-        """Record this pump's durable messages in one transaction, then hand the new ones to their agents
-        (decision 0123); a message recorded before (a resend after a restart) is dropped. Then hand over
-        the messages a previous life left unhandled, for agents registered by now."""
+        """Record this pump's durable messages and hand the new ones to their agents, in one transaction
+        (decision 0123); a message recorded before (a resend after a restart) is dropped. A plain-function
+        handler with an idle inbox runs inside the transaction, so its message is stored as handled at
+        once (no payload); a queued message is stored with its payload until its handler ran. Either way
+        the commit precedes the ack, which leaves later in this pump. Then hand over the messages a
+        previous life left unhandled, for agents registered by now."""
         received, self._received = self._received, []
         if received:
-            wall, now = _wall_ms(), self.now_ms()
-            items = [InboxItem(e.msg_id, e.sender_node, e.src_agent, e.dest_agent, e.kind, e.priority, e.payload,
-                               None if e.expires_ms is None else wall + e.expires_ms - now) for e in received]
+            wall = _wall_ms()
             try:
-                fresh = self._inbox.accept(items, wall)
-            except StorageError as exc:
+                self._inbox.accept(received, wall, lambda fresh: self._handle_received(received, fresh))
+            except InboxWriteFailed as exc:
                 self.counters["inbox_errors"] += 1
                 log.error("cannot record %d durable messages in the inbox; handling them without the crash "
-                          "guarantee: %s", len(items), exc)
-                fresh = [True] * len(items)
-            for event, new in zip(received, fresh):
-                if new:
-                    self._dispatch(event)
-                else:
-                    self.counters["durable_duplicates_dropped"] += 1
-                    self.delivery.release(event.dest_agent)
+                          "guarantee: %s", len(received), exc)
+                if not exc.handled:
+                    for event in received:
+                        self._dispatch(event)
         if self._replay:
             for agent_id in [a for a in self._replay if a in self._agents]:
                 for event in self._replay.pop(agent_id):
@@ -1432,6 +1429,33 @@ class AgentService:
             return
         self._deferred.add(_channel(staged.entry), staged)
         self.schedule_pump()
+
+    def _handle_received(self, received: list[Incoming], fresh: list[bool]) -> list[InboxItem]:
+        """`Inbox.accept`'s callback: run or queue the new messages; return those to store with their payload."""
+        keep: list[InboxItem] = []
+        wall, now = _wall_ms(), self.now_ms()
+        agents, handled = self._agents, self._handled
+        for event, new in zip(received, fresh):
+            if not new:
+                self.counters["durable_duplicates_dropped"] += 1
+                self.delivery.release(event.dest_agent)
+                continue
+            agent = agents.get(event.dest_agent)
+            if agent is not None and agent._inline and not agent._busy_since and agent._queue.empty():
+                mark = len(handled)
+                self._run_inline(agent, event)
+                if agent._inline_task is None:
+                    del handled[mark:]  # handled inside this transaction: nothing pending to mark done
+                    continue
+            elif agent is None:
+                self._dispatch(event)  # agent gone: counted and answered there
+                continue
+            else:
+                agent._queue.put_nowait(event)
+            keep.append(InboxItem(event.msg_id, event.sender_node, event.src_agent, event.dest_agent, event.kind,
+                                  event.priority, event.payload,
+                                  None if event.expires_ms is None else wall + event.expires_ms - now))
+        return keep
 
     def _dispatch(self, event: Incoming) -> None:
         agent = self._agents.get(event.dest_agent)

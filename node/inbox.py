@@ -27,14 +27,15 @@ may then be lost (its sender has already forgotten it) and one handled just befo
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agentnode.agent_messages import MessageId
-from agentnode.outbox import StorageError, _mapped, _rollback
+from agentnode.outbox import StorageError, WalCheckpointer, _mapped, _rollback
 
-__all__ = ["Inbox", "InboxItem", "INBOX_FILE", "DEFAULT_PER_SENDER", "DEFAULT_MAX_SENDERS"]
+__all__ = ["Inbox", "InboxItem", "InboxWriteFailed", "INBOX_FILE", "DEFAULT_PER_SENDER", "DEFAULT_MAX_SENDERS"]
 
 INBOX_FILE = "inbox.sqlite3"
 """File name inside the node's data directory."""
@@ -78,6 +79,15 @@ _SEEN = "INSERT INTO inbox_seen VALUES (?,?,?,?) ON CONFLICT DO NOTHING"
 _PENDING = "INSERT INTO inbox_pending VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
 
 
+class InboxWriteFailed(StorageError):
+    """`accept` could not commit. `handled` says whether its `handle` callback had already run (then the
+    caller must not hand those messages to their handlers a second time)."""
+
+    def __init__(self, message: str, handled: bool) -> None:
+        super().__init__(message)
+        self.handled = handled
+
+
 @dataclass(frozen=True, slots=True)
 class InboxItem:
     """One durable message as received."""
@@ -107,6 +117,7 @@ class Inbox:
         self.per_sender = per_sender
         self.max_senders = max_senders
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: WalCheckpointer | None = None
         self._count: dict[str, int] = {}
         """Rows per sender node (origin), in the order senders were last seen (oldest first)."""
 
@@ -128,14 +139,20 @@ class Inbox:
             conn.execute("PRAGMA busy_timeout=5000")
             conn.executescript(_SCHEMA)
             rows = conn.execute("SELECT origin, count(*), max(seen_at_ms) FROM inbox_seen GROUP BY origin").fetchall()
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # a WalCheckpointer thread does it (as the outbox's)
         except sqlite3.Error as exc:
             raise _mapped(exc, f"cannot open the inbox {self.path}") from exc
         except OSError as exc:
             raise StorageError(f"cannot create the inbox directory {self.path.parent}: {exc}") from exc
         self._count = {origin: n for origin, n, _ in sorted(rows, key=lambda r: (r[2], r[0]))}
         self._conn = conn
+        self._checkpointer = WalCheckpointer(self.path)
+        self._checkpointer.start()
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()
@@ -152,13 +169,22 @@ class Inbox:
 
     # -- writes ------------------------------------------------------------------------------------
 
-    def accept(self, items: Sequence[InboxItem], now_ms: int) -> list[bool]:
-        """Record `items` in one transaction; returns per item True (new: hand it to its handler) or False
-        (recorded before, in this life or an earlier one: drop it). `now_ms` is wall-clock ms."""
+    def accept(self, items: Sequence[Any], now_ms: int,
+               handle: Callable[[list[bool]], Sequence[InboxItem]] | None = None) -> list[bool]:
+        """Record the ids of `items` (anything with a `msg_id`) in one transaction; returns per item True (new:
+        hand it to its handler) or False (recorded before, in this life or an earlier one: drop it).
+        `now_ms` is wall-clock ms.
+
+        Without `handle`, every new item (an `InboxItem`) is stored as pending. With it, `handle(fresh)` runs
+        inside the transaction: it runs the handlers it can run at once and returns the `InboxItem`s it
+        could not (queued for a worker), which are stored as pending; then the transaction commits. A crash
+        before that commit leaves none of them recorded and no ack sent, so the sender resends them, and a
+        handler that had already run runs again (the window of decision 0123)."""
         if not items:
             return []
         conn = self._require()
         seen = [(i.msg_id.origin, i.msg_id.epoch, i.msg_id.counter, now_ms) for i in items]
+        handled = False
         try:
             conn.execute("BEGIN")
             before = conn.total_changes
@@ -174,13 +200,20 @@ class Inbox:
                 for row in seen:
                     cur.execute(_SEEN, row)
                     fresh.append(cur.rowcount == 1)
-            conn.executemany(_PENDING, [(i.msg_id.origin, i.msg_id.epoch, i.msg_id.counter, i.src_agent, i.dest_agent,
-                                         i.kind, i.priority, i.payload, i.expires_at_ms)
-                                        for i, new in zip(items, fresh) if new])
+            if handle is None:
+                keep: Sequence[InboxItem] = [i for i, new in zip(items, fresh) if new]
+            else:
+                handled = True
+                keep = handle(fresh)
+            if keep:
+                conn.executemany(_PENDING, [(i.msg_id.origin, i.msg_id.epoch, i.msg_id.counter, i.src_agent,
+                                             i.dest_agent, i.kind, i.priority, i.payload, i.expires_at_ms)
+                                            for i in keep])
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             _rollback(conn)
-            raise _mapped(exc, f"cannot record {len(seen)} durable messages in the inbox") from exc
+            raise InboxWriteFailed(f"cannot record {len(seen)} durable messages in the inbox: {exc}",
+                                   handled) from exc
         count = self._count
         for row, new in zip(seen, fresh):
             if new:
@@ -188,6 +221,8 @@ class Inbox:
                 n = count.pop(origin, 0) + 1
                 count[origin] = n  # re-inserted: most recently seen last
         self._collect([row[0] for row in seen])
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
         return fresh
 
     def done(self, msg_ids: Iterable[MessageId]) -> int:
@@ -211,6 +246,8 @@ class Inbox:
         except sqlite3.Error as exc:
             _rollback(conn)
             raise _mapped(exc, f"cannot mark {len(keys)} durable messages handled") from exc
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
         return changed
 
     def _collect(self, origins: Sequence[str]) -> None:

@@ -10,6 +10,11 @@ Group commit: `stage` many entries, then one `commit` makes them all durable in 
 runtime stages every durable `send` of one event-loop iteration and resolves those sends only after
 the commit, which is how tens of thousands of durable messages per second fit in a few fsyncs.
 
+Checkpoints: the connection's automatic WAL checkpoint is off; a `WalCheckpointer` thread with a
+connection of its own runs a PASSIVE checkpoint every `CHECKPOINT_EVERY` commits (or second), so the
+fsyncs of a checkpoint never stall the event loop (decision 0122). Durability is unchanged: a commit is
+in the WAL either way; the checkpoint only copies it into the main file.
+
 Errors: a full disk (SQLITE_FULL), the `max_bytes` bound or the `max_rows` bound raise `OutboxFull`;
 any other storage failure raises `StorageError`. Both roll back the staged batch: none of its sends
 may be reported as accepted.
@@ -18,19 +23,24 @@ may be reported as accepted.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agentnode.agent_messages import MessageId
 
-__all__ = ["Outbox", "OutboxEntry", "OutboxFull", "StorageError", "OUTBOX_FILE"]
+__all__ = ["Outbox", "OutboxEntry", "OutboxFull", "StorageError", "OUTBOX_FILE", "WalCheckpointer"]
 
 OUTBOX_FILE = "outbox.sqlite3"
 """File name inside the node's data directory."""
 DEFAULT_MAX_ROWS = 1_000_000
 """Messages the outbox holds before `OutboxFull` (bounded like every queue)."""
 _SYNC_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+CHECKPOINT_EVERY = 64
+"""Commits between two background checkpoints (SQLite's own default is every 1000 WAL pages)."""
+CHECKPOINT_IDLE_S = 1.0
+"""The checkpointer also runs after this long without a trigger (so an idle WAL is copied back too)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -80,6 +90,61 @@ class OutboxEntry:
     """Wall-clock ms when it was stored."""
 
 
+class WalCheckpointer:
+    """Checkpoints one WAL-mode database from a thread with its own connection (SQLite releases the GIL
+    while it works), so the fsyncs of a checkpoint run beside the event loop instead of inside a commit."""
+
+    def __init__(self, path: Path, every: int = CHECKPOINT_EVERY) -> None:
+        self.path = path
+        self.every = every
+        self.checkpoints = 0
+        self.errors = 0
+        self._commits = 0
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"checkpoint-{self.path.name}", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """Count one commit; every `every` commits wake the checkpointer."""
+        self._commits += 1
+        if self._commits >= self.every:
+            self._commits = 0
+            self._wake.set()
+
+    def stop(self) -> None:
+        """Stop and join the thread (bounded: a checkpoint in progress finishes first)."""
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=1000")
+        except sqlite3.Error:
+            self.errors += 1
+            return
+        try:
+            while not self._stop:
+                self._wake.wait(CHECKPOINT_IDLE_S)
+                self._wake.clear()
+                if self._stop:
+                    break
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error:
+                    self.errors += 1  # busy or I/O: the next round tries again; the WAL keeps every commit
+        finally:
+            conn.close()
+
+
 class Outbox:
     """SQLite-backed outbox in WAL mode. Construct, `open()`, then `stage`/`commit` (or `put`), `ack`, `pending`."""
 
@@ -98,6 +163,7 @@ class Outbox:
         self._conn: sqlite3.Connection | None = None
         self._staged: list[tuple[object, ...]] = []
         self._rows = 0
+        self._checkpointer: WalCheckpointer | None = None
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path, **kwargs: object) -> Outbox:
@@ -121,15 +187,21 @@ class Outbox:
                 conn.execute(f"PRAGMA max_page_count={max(16, self.max_bytes // page)}")
             conn.executescript(_SCHEMA)
             self._rows = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the WalCheckpointer thread does it
         except sqlite3.Error as exc:
             raise _mapped(exc, f"cannot open the outbox {self.path}") from exc
         except OSError as exc:
             raise StorageError(f"cannot create the outbox directory {self.path.parent}: {exc}") from exc
         self._conn = conn
+        self._checkpointer = WalCheckpointer(self.path)
+        self._checkpointer.start()
 
     def close(self) -> None:
         """Close cleanly (checkpoints the WAL). Staged, uncommitted entries are discarded."""
         self._staged.clear()
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()
@@ -177,6 +249,7 @@ class Outbox:
             _rollback(conn)
             raise _mapped(exc, f"cannot write {len(rows)} messages to the outbox") from exc
         self._rows += added
+        self._committed()
         return len(rows)
 
     def put(self, entry: OutboxEntry) -> None:
@@ -218,6 +291,7 @@ class Outbox:
             _rollback(conn)
             raise _mapped(exc, "cannot remove acknowledged messages from the outbox") from exc
         self._rows -= removed
+        self._committed()
         return removed
 
     def expire(self, now_ms: int) -> list[OutboxEntry]:
@@ -253,6 +327,10 @@ class Outbox:
         row = self._require().execute("SELECT max(counter) FROM outbox WHERE origin=? AND epoch=?",
                                       (origin, epoch)).fetchone()
         return row[0] or 0
+
+    def _committed(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:
