@@ -64,3 +64,30 @@ def test_misuse_is_a_local_error(tmp_path: Path) -> None:
         Inbox(tmp_path / "x", synchronous="SOMETIMES")
     with pytest.raises(RuntimeError, match="open"):
         Inbox(tmp_path / "x").accept([_item("n1", 1)], 0)
+
+
+def test_handle_runs_inside_the_transaction_and_keeps_only_what_it_returns(tmp_path: Path) -> None:
+    calls: list[list[bool]] = []
+
+    def handle(fresh: list[bool]) -> list[InboxItem]:
+        calls.append(fresh)
+        return [_item("n1", 2)]  # 1 was handled at once, 2 was queued
+
+    with Inbox.in_data_dir(tmp_path) as inbox:
+        assert inbox.accept([_item("n1", 1), _item("n1", 2)], 0, handle) == [True, True]
+        assert calls == [[True, True]]
+        assert [p.msg_id.counter for p in inbox.pending()] == [2]
+        assert inbox.seen(MessageId("n1", 1, 1))  # handled at once: recorded without a payload
+
+
+def test_a_failed_commit_says_whether_the_handlers_ran(tmp_path: Path) -> None:
+    from agentnode.inbox import InboxWriteFailed
+
+    with Inbox.in_data_dir(tmp_path) as inbox:
+        def handle(fresh: list[bool]) -> list[InboxItem]:
+            return [InboxItem(MessageId("n1", 1, 1), "n1", "s", "a", 0, 1, None, None)]  # type: ignore[arg-type]
+
+        with pytest.raises(InboxWriteFailed) as info:  # NOT NULL payload: the insert fails after handle ran
+            inbox.accept([_item("n1", 1)], 0, handle)
+        assert info.value.handled
+        assert not inbox.seen(MessageId("n1", 1, 1))  # rolled back: the sender's resend is new again
