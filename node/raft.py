@@ -710,10 +710,12 @@ class RaftService:
         value = b"v" * min(max(int(a.get("value_bytes", 256)), 1), 4_096)
         clock = time.perf_counter  # loop.time() has 1 ms resolution under uvloop
         latencies = []
+        cpu_start = time.process_time()
         for _ in range(count):
             start = clock()
             await self.kv_put("__bench__", value)
             latencies.append(clock() - start)
+        sequential_cpu_s = time.process_time() - cpu_start
         start = clock()
         semaphore = asyncio.Semaphore(concurrency)
 
@@ -724,7 +726,8 @@ class RaftService:
         if a.get("pipelined", True):
             await asyncio.gather(*(one() for _ in range(count)))
         pipelined_s = clock() - start
-        return {"sequential_s": latencies, "pipelined_s": pipelined_s, "count": count, "concurrency": concurrency,
+        return {"sequential_s": latencies, "pipelined_s": pipelined_s, "sequential_cpu_s": sequential_cpu_s,
+                "count": count, "concurrency": concurrency,
                 "voter": self.is_voter, "role": self._local_status()["role"]}
 
     # -- frames -----------------------------------------------------------------------------

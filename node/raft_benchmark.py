@@ -5,6 +5,8 @@ timeout 300-600 ms, pysyncobj's timer batching off) and the same workload, measu
 process. agentnode coalesces what one tick sends to a voter (decision 0035); bare pysyncobj sends one
 AppendEntries per command and a commit notice after each commit. Figures:
 - sequential commit latency (p50, p99) and sequential writes/s: one write in flight;
+- the leader process's CPU time per sequential commit (`time.process_time`; steadier than wall time
+  on a shared machine, and what bounds sequential writes/s when the leader is the busiest process);
 - pipelined writes/s: `concurrency` writes in flight;
 - failover: kill -9 of the leader, then the time until a write through a survivor commits.
 
@@ -71,10 +73,12 @@ for line in sys.stdin:
     elif op == "bench":
         value, count, concurrency = "v" * cmd["value_bytes"], cmd["count"], cmd["concurrency"]
         lat = []
+        cpu = time.process_time()
         for _ in range(count):
             t = time.perf_counter()
             d.set("__bench__", value, sync=True, timeout=5.0)
             lat.append(time.perf_counter() - t)
+        cpu = time.process_time() - cpu
         slots = threading.Semaphore(concurrency)
         done = threading.Event()
         left = [count]
@@ -90,7 +94,7 @@ for line in sys.stdin:
             slots.acquire()
             d.set("__bench__", value, callback=callback)
         done.wait(60)
-        reply({"sequential_s": lat, "pipelined_s": time.perf_counter() - t})
+        reply({"sequential_s": lat, "pipelined_s": time.perf_counter() - t, "sequential_cpu_s": cpu})
 '''
 
 
@@ -104,6 +108,9 @@ def run_raft_benchmark(writes: int = 2_000, concurrency: int = 64, value_bytes: 
         "sequential": _ratio(ours["sequential_writes_per_s"], bare["sequential_writes_per_s"]),
         "pipelined": _ratio(ours["pipelined_writes_per_s"], bare["pipelined_writes_per_s"]),
         "failover": _ratio(ours["failover_s"], bare["failover_s"]),
+        "leader_cpu_per_commit": (_ratio(ours["leader_cpu_us_per_sequential_commit"], bare["leader_cpu_us_per_sequential_commit"])
+                                  if ours["leader_cpu_us_per_sequential_commit"] and bare["leader_cpu_us_per_sequential_commit"]
+                                  else None),
     }
     met = {
         "commit_p50": ours["commit_p50_ms"] <= 1.0,
@@ -116,9 +123,10 @@ def run_raft_benchmark(writes: int = 2_000, concurrency: int = 64, value_bytes: 
             "note": "ratios are agentnode / bare: higher is better for writes/s, lower for latency and failover"}
 
 
-def _figures(sequential_s: list[float], pipelined_s: float, count: int) -> dict[str, Any]:
+def _figures(sequential_s: list[float], pipelined_s: float, count: int, cpu_s: float | None = None) -> dict[str, Any]:
     ms = sorted(x * 1000 for x in sequential_s)
     return {
+        "leader_cpu_us_per_sequential_commit": None if cpu_s is None else round(cpu_s / len(ms) * 1e6, 1),
         "commit_p50_ms": round(statistics.median(ms), 3),
         "commit_p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 3),
         "sequential_writes_per_s": round(len(ms) / (sum(ms) / 1000)),
@@ -143,7 +151,7 @@ def _bench_agentnode(writes: int, concurrency: int, value_bytes: int) -> dict[st
                                                            value_bytes=value_bytes)
         if run["role"] != "leader":
             raise RuntimeError("leadership moved during the benchmark; run it again on a quieter machine")
-        figures = _figures(run["sequential_s"], run["pipelined_s"], writes)
+        figures = _figures(run["sequential_s"], run["pipelined_s"], writes, run.get("sequential_cpu_s"))
         survivor = next(n for n in cluster.nodes if n is not leader)
         cluster.kill(leader)
         start = time.monotonic()
@@ -227,7 +235,7 @@ def _bench_bare(writes: int, concurrency: int, value_bytes: int) -> dict[str, An
             node._read(STEP_TIMEOUT_S)
         leader = _bare_leader(nodes)
         run = leader.ask({"op": "bench", "count": writes, "concurrency": concurrency, "value_bytes": value_bytes})
-        figures = _figures(run["sequential_s"], run["pipelined_s"], writes)
+        figures = _figures(run["sequential_s"], run["pipelined_s"], writes, run.get("sequential_cpu_s"))
         survivor = next(n for n in nodes if n is not leader)
         os.kill(leader.process.pid, signal.SIGKILL)
         leader.process.wait(timeout=10)
