@@ -1246,7 +1246,7 @@ class Replicator:
                 raise _Bad("dropped_malformed")
             for i in range(0, len(claims), 2):
                 r, owner = claims[i], claims[i + 1]
-                if type(r) is not str or type(owner) is not str or not r or not owner or len(r) > MAX_ID_CHARS:
+                if type(r) is not str or type(owner) is not str or not r or not owner or max(len(r), len(owner)) > MAX_ID_CHARS:
                     raise _Bad("dropped_malformed")
                 named[r] = owner
         self._peer_claims[sender] = named
