@@ -285,3 +285,25 @@ def test_randomized_fold_with_loss_partitions_and_restarts(seed: int) -> None:
     assert net.run_until(net.now + 60_000, stop=lambda: net.converged() and all(
         not net.nodes[n].store.keys_mentioning(gone) and net.nodes[n].store.marker_count() == 0 for n in live))
     assert {(net.nodes[n].value("c", 0), net.nodes[n].value("p", 0)) for n in live} == {tuple(expected)}
+
+
+def test_garbage_claims_and_markers_are_counted_not_raised() -> None:
+    net = ReplicaNet(2, seed=17, config=FAST)
+    net.run(300)
+    a, b = net.ids
+    core = net.nodes[a]
+    seen = [b, 1]
+    bad_frames = [
+        [1, "sim", 65, core.epoch, 0, False, seen, "not a list"],          # delta ack, claims not a list
+        [1, "sim", 65, core.epoch, 0, False, seen, ["r9"]],                # odd claims
+        [1, "sim", 65, core.epoch, 0, False, seen, ["r9", 7]],             # owner not a str
+        [1, "sim", 66, 1, 64, [b"\0" * 8] * 64, seen, ["x" * 10_000, b]],  # digest, id too long
+        [1, "sim", 65, core.epoch, 0, False, seen, [], "extra"],           # too many fields
+    ]
+    for frame in bad_frames:
+        core.receive(b, frame, net.now)
+    assert core.counters["dropped_malformed"] == len(bad_frames)
+    delta = net.nodes[b].store.update("k", "gcounter", "increment", 1).to_wire()
+    core.receive(b, [1, "sim", 64, 0, 0, 1, 0, [1, [*delta, ["r9", "r9", 1]]]], net.now)  # marker folds into itself
+    assert core.counters["dropped_malformed"] == len(bad_frames) + 1
+    assert core.value("k") is None
