@@ -114,3 +114,29 @@ def test_reconvergence_figure_at_small_scale() -> None:
     assert figure["reconverge_s"] is not None and figure["reconverge_s"] >= figure["membership_reconverge_s"]
     assert figure["service_bytes_heal_to_converged"] > 0
     assert figure["replay"].endswith("--scenario state-reconverge --duration-s 100 --state-keys 300 --state-writes 60")
+
+
+def test_cli_exits_1_with_the_seed_and_replay_command_when_replicas_lag() -> None:
+    """30% loss makes a lost delta batch wait for the 1 s ack timeout, past a 0.2 s bound."""
+    from typer import Typer
+
+    from agentnode.cli.simulate import register
+
+    app = Typer()
+    register(app)
+
+    @app.command("noop")
+    def _noop() -> None:
+        pass
+
+    replay = ("agentnode simulate --nodes 5 --seed 1 --scenario lossy --duration-s 20 --loss 0.3 --services state "
+              "--state-writes 50 --state-bound-s 0.2")
+    runner = CliRunner()
+    result = runner.invoke(app, shlex.split(replay)[1:] + ["--json"])
+    assert result.exit_code == 1
+    assert "INVARIANT VIOLATED: crdt-converged" in result.stderr and "(seed 1)" in result.stderr
+    assert replay in result.stderr and "key 'k" in result.stderr
+    again = runner.invoke(app, shlex.split(replay)[1:] + ["--json"])
+    import json
+
+    assert json.loads(again.stdout)["digest"] == json.loads(result.stdout)["digest"]
