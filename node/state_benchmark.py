@@ -396,6 +396,15 @@ def _prune_savings(keys: int, seed: int = 5) -> dict[str, Any]:
         return total / max(1, len(store.keys()))
 
     before = per_key()
+    # CPU cost of the fold itself, on a replica of the owner's store (process time, not wall time).
+    clone = StateStore(owner)
+    src = net.nodes[owner].store
+    for k, st in src.state_for(src.keys()).items():
+        clone.apply_state(k, st)
+    cpu = time.process_time()
+    for k in clone.keys_mentioning(gone):
+        clone.prune(k, gone)
+    fold_cpu_s = time.process_time() - cpu
     net.crash(gone)
     base = net.bytes_total()
     for node_id in net.live():
@@ -415,6 +424,7 @@ def _prune_savings(keys: int, seed: int = 5) -> dict[str, Any]:
         "bytes_per_key_after": round(after, 1),
         "bytes_saved_per_key": round(before - after, 1),
         "fold_wire_bytes_per_key": round(fold_bytes / max(1, keys), 1),
+        "fold_cpu_us_per_key": round(fold_cpu_s / max(1, keys) * 1e6, 1),
         "folded": folded,
         "markers_collected": collected,
     }
