@@ -113,6 +113,18 @@ def keys(data_dir: Path = DataDirOption, json: bool = JsonOption) -> None:
             console.print(key, markup=False)
 
 
+@state_app.command("retire", help=(
+    "Fold NODE_ID's entries into one owner's and refuse it from now on (for nodes gone for good; "
+    "nodes the Raft group revoked are retired automatically). See docs/state.md."))
+def retire(node_id: str = typer.Argument(..., help="The node id of a node that will never come back."),
+           data_dir: Path = DataDirOption, json: bool = JsonOption) -> None:
+    result = _call(data_dir, "state.retire", node_id=node_id)
+    if json:
+        print_json(result)
+    else:
+        console.print(f"retired: {', '.join(result['retired'])}", markup=False)
+
+
 @state_app.command("stats", help="Keys, tombstones, roster, per-peer lag and replication counters of the local replica.")
 def stats(data_dir: Path = DataDirOption, json: bool = JsonOption) -> None:
     result = _call(data_dir, "state.stats")

@@ -518,6 +518,8 @@ class NodeState:
             node_id = args.get("node_id")
             if type(node_id) is not str or not node_id:
                 raise ValueError("state.retire needs node_id: the id of a node gone for good")
+            if len(node_id) > 64 or not all(c.isalnum() or c in "._-" for c in node_id):
+                raise ValueError(f"{node_id!r} is not a node id (`agentnode peers` lists them)")
             self.retire(node_id)
             return {"retired": self._require().retired()}
 
