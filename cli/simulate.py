@@ -69,7 +69,7 @@ def simulate(
     codec: str = typer.Option("msgpack", "--codec", help="msgpack (frames cross as bytes, as in production) or none."),
     cprofile: Optional[Path] = typer.Option(None, "--cprofile", help="Write a cProfile of the simulator loop to this file."),
     services: str = typer.Option("", "--services", help="Service cores beside membership, comma-separated: state, "
-                                 "registry, consensus (state-*/consensus-* scenarios switch theirs on)."),
+                                 "registry, consensus, names (state-*/consensus-* scenarios switch theirs on)."),
     registry_ops: int = typer.Option(200, "--registry-ops", help="Agent registrations/deregistrations (registry service)."),
     consensus_voters: int = typer.Option(3, "--consensus-voters", help="Voters of the consensus stand-in (first k nodes)."),
     state_keys: int = typer.Option(100, "--state-keys", help="Keys the state workload writes."),

@@ -28,6 +28,8 @@ from agentnode.simulations.seed import fork
 from agentnode.simulations.world import node_name
 
 if TYPE_CHECKING:
+    from agentnode.names import NameOp
+    from agentnode.simulations.services import ServiceNode
     from agentnode.simulations.world import World
 
 __sans_io__ = True
@@ -171,16 +173,54 @@ class ConsensusService:
             self.world.trace.record(b"Q%d %s name refused" % (now_ms, node_id.encode()))
             return
         self.world.trace.record(b"Q%d %s name " % (now_ms, node_id.encode()) + repr((command, result)).encode())
-        log = self.log
         if isinstance(command, ReleaseName):
             self._held.pop(node_id, None)
+        elif not (result.ok and result.lease is not None):
+            self._held.pop(node_id, None)
+        else:
+            self._held[node_id] = command.name
+        self._record(command, result, now_ms)
+
+    def run_name_op(self, node: ServiceNode, op: NameOp, local_now_ms: int) -> None:
+        """Run one `NameLeases` operation through the stand-in and report it back, as name_keeper does.
+
+        The stand-in answers at once; NoQuorum is "not_applied" (nothing was applied). Releases are
+        not tracked by the core, so their results are not reported."""
+        now_ms = self.world.now_ms
+        if op.kind == "claim":
+            command: Any = ClaimName(op.name, op.owner, op.ttl_ms)
+        elif op.kind == "renew":
+            command = RenewName(op.name, op.owner, op.ttl_ms)
+        else:
+            command = ReleaseName(op.name, op.owner)
+        names = node.names
+        assert names is not None
+        try:
+            result = self.cluster.submit(self._node_of_owner(op.owner), command, now_ms)
+        except NoQuorum:
+            self.log.claims_refused += 1
+            self.world.trace.record(b"N%d %s refused" % (now_ms, repr(op).encode()))
+            if op.kind != "release":
+                names.on_result(op.op_id, local_now_ms, error="not_applied", detail="no quorum")
+            return
+        self.world.trace.record(b"N%d " % now_ms + repr((op, result)).encode())
+        self._record(command, result, now_ms)
+        if op.kind != "release":
+            names.on_result(op.op_id, local_now_ms, result)
+
+    def _node_of_owner(self, owner: str) -> str:
+        return owner.split("/", 1)[0]
+
+    def _record(self, command: Any, result: Any, now_ms: int) -> None:
+        """Track grants and releases for `name-lease-unique`."""
+        log = self.log
+        if isinstance(command, ReleaseName):
             current = log.holders.get(command.name)
-            if result.ok and current is not None and current.owner == node_id:
+            if result.ok and current is not None and current.owner == command.owner:
                 del log.holders[command.name]
             return
         if result.ok and result.lease is not None:
             log.claims_ok += 1
-            self._held[node_id] = command.name
             lease = result.lease
             grant = LeaseGrant(lease.name, lease.owner, now_ms, lease.expires_at_ms, lease.epoch)
             current = log.holders.get(lease.name)
@@ -190,8 +230,7 @@ class ConsensusService:
             if len(log.grants) < GRANTS_MAX:
                 log.grants.append(grant)
         else:
-            self.log.claims_refused += 1
-            self._held.pop(node_id, None)
+            log.claims_refused += 1
 
     def figures(self) -> dict[str, Any]:
         log = self.log

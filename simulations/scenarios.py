@@ -58,7 +58,9 @@ class RunSpec:
     """Service cores beside membership, comma-separated: "state" (CRDT replication with a write
     workload and the crdt-converged invariant), "consensus" (the Raft stand-in with put and name-lease
     workloads; one-leader-per-term, name-lease-unique, consensus-writes-resume), "registry" (agent
-    registry with a register/deregister workload; registry-converged). Scenarios named state-* /
+    registry with a register/deregister workload; registry-converged), "names" (unique agent names:
+    the NameLeases core per node, leases through the stand-in; implies consensus and registry;
+    name-advertised-unique). Scenarios named state-* /
     consensus-* switch their service on."""
     state_keys: int = 100
     """Keys the state workload writes (types cycle pncounter, orset, lwwmap)."""
@@ -104,6 +106,8 @@ class RunSpec:
             names.add("state")
         if self.scenario.startswith("consensus-"):
             names.add("consensus")
+        if "names" in names:  # unique agent names: leased through consensus, held by registered agents
+            names.update(("consensus", "registry"))
         return tuple(sorted(names))
 
     @property
@@ -345,7 +349,7 @@ def _consensus_faults(spec: RunSpec, rng: random.Random, t: Timeline) -> None:
     t.marks.update(voter_cut=at, voter_crash=at + 2 * step, split=at + 4 * step, heal=at + 5 * step)
 
 
-SERVICES = ("consensus", "registry", "state")
+SERVICES = ("consensus", "names", "registry", "state")
 """Service names `RunSpec.services` accepts."""
 
 SCENARIOS: dict[str, Scenario] = {

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 __sans_io__ = True
 
 __all__ = [
-    "ConsensusWritesResume", "CrdtConverged", "NameLeaseUnique", "OneLeaderPerTerm", "RegistryConverged", "live_replicas",
+    "ConsensusWritesResume", "CrdtConverged", "NameAdvertisedUnique", "NameLeaseUnique", "OneLeaderPerTerm",
+    "RegistryConverged", "live_replicas",
 ]
 
 DETAILS_MAX = 5
@@ -253,3 +254,26 @@ class RegistryConverged:
             return None
         return (f"{len(wrong)} of {len(registries)} registries differ from the {len(truth)} agents hosted on running "
                 f"nodes {now_ms - since} ms after {since} ms (bound {self.bound_ms} ms): " + "; ".join(wrong[:DETAILS_MAX]))
+
+
+class NameAdvertisedUnique:
+    """No unique agent name is held as CONFIRMED, and still valid by its node's own clock, by two
+    owners at one instant: the `NameLeases` core's client-side lease (renew at TTL/3, give up
+    SKEW_FRACTION of the TTL) must end before the group can grant the name to someone else."""
+
+    name = "name-advertised-unique"
+
+    def check(self, world: World, now_ms: int, final: bool) -> str | None:
+        holders: dict[str, list[str]] = {}
+        for node in world.nodes:
+            names = getattr(node.core, "names", None) if node.running else None
+            if names is None:
+                continue
+            local = node.local_ms(now_ms)
+            for st in names.states():
+                if st.state == "confirmed" and st.valid_until_ms is not None and local < st.valid_until_ms:
+                    holders.setdefault(st.name, []).append(f"{st.owner} (epoch {st.epoch}, valid {st.valid_until_ms - local} ms more)")
+        for name in sorted(holders):
+            if len(holders[name]) > 1:
+                return f"unique name {name!r} is confirmed by {len(holders[name])} owners at once: " + "; ".join(holders[name])
+        return None

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from agentnode.names import NameConfig
 from agentnode.simulations import faults as f
 from agentnode.simulations.consensus_service import ConsensusConfig, ConsensusService
 from agentnode.simulations.service_invariants import (
-    ConsensusWritesResume, CrdtConverged, NameLeaseUnique, OneLeaderPerTerm, RegistryConverged, live_replicas,
+    ConsensusWritesResume, CrdtConverged, NameAdvertisedUnique, NameLeaseUnique, OneLeaderPerTerm, RegistryConverged,
+    live_replicas,
 )
 from agentnode.simulations.services import ServiceDisks, ServicesConfig, service_core_factory
 from agentnode.simulations.workloads import (
@@ -34,6 +36,8 @@ PRELOADED_SCENARIOS = ("state-reconverge",)
 CONSENSUS_RESUME_BOUND_MS = 2_000
 """Writes from the majority side must succeed again this long after the last fault (a real Raft
 group re-elects within a few election timeouts; the stand-in at once)."""
+NAME_TTL_MS = 3_000
+"""Unique-name lease length in the simulator (production: 30 s): short, so leases lapse and move within a run."""
 WRITE_LEAD_MS = 1_000
 """The workload starts this long after the last initial node started (or the partition began)."""
 
@@ -52,7 +56,8 @@ class ServiceSetup:
         self.consensus: ConsensusService | None = None
         self._bytes_at_heal: int | None = None
         names = spec.service_names
-        self.config = ServicesConfig(state="state" in names, registry="registry" in names)
+        self.config = ServicesConfig(state="state" in names, registry="registry" in names, names="names" in names,
+                                     name_config=NameConfig(ttl_ms=NAME_TTL_MS))
         self.registry_log = RegistryLog()
         self.registry_check: RegistryConverged | None = None
         if self.config.state:
@@ -64,7 +69,12 @@ class ServiceSetup:
         timeline.services["setup"] = self
 
     def wrap(self, membership: CoreFactory) -> CoreFactory:
-        return service_core_factory(membership, self.config, seed=self.spec.seed, cluster=self.cluster, disks=self.disks)
+        def run_name_op(node: Any, op: Any, local_now_ms: int) -> None:
+            assert self.consensus is not None, "the names service runs its leases through the consensus service"
+            self.consensus.run_name_op(node, op, local_now_ms)
+
+        return service_core_factory(membership, self.config, seed=self.spec.seed, cluster=self.cluster, disks=self.disks,
+                                    name_runner=run_name_op)
 
     def service_bytes(self, world: World) -> int:
         """Bytes all service cores have sent so far (every node, every life)."""
@@ -93,6 +103,8 @@ class ServiceSetup:
             self.consensus.schedule()
             world.invariants += [OneLeaderPerTerm(self.consensus), NameLeaseUnique(self.consensus),
                                  ConsensusWritesResume(CONSENSUS_RESUME_BOUND_MS, self.consensus)]
+            if self.config.names:
+                world.invariants.append(NameAdvertisedUnique())
         if self.workload is not None:
             schedule_state_workload(world, self.workload, self.state_log)
             self.crdt = CrdtConverged(int(self.spec.state_bound_s * 1000), self.state_log,

@@ -25,12 +25,16 @@ from agentnode import events as ev
 from agentnode.crdt import StateStore, StoreLimits
 from agentnode.crdt.store import Repair
 from agentnode.replication import FRAME_TYPES as STATE_FRAME_TYPES
+from agentnode.names import NameConfig, NameLeases, NameOp
 from agentnode.registry import Registry, RegistryConfig
 from agentnode.replication import KeyChanged, ReplicationConfig, Replicator
 from agentnode.simulations.seed import fork
 from agentnode.simulations.world import CoreFactory, SimCore
 
 __sans_io__ = True
+
+NameRunner = Callable[["ServiceNode", NameOp, int], None]
+"""(node, lease operation, node-local now): run it through consensus and call `names.on_result`."""
 
 REGISTRY_FRAME_TYPES = (32, 33)
 """Registry digest and set frames (node/agent_messages.py), routed as AgentService._on_frame does."""
@@ -55,6 +59,9 @@ class ServicesConfig:
     registry: bool = False
     """Run a `Registry` (node.agents' registry core) on every node."""
     registry_config: RegistryConfig | None = None
+    names: bool = False
+    """Run `NameLeases` (unique agent names) on every node; its operations go to `name_runner`."""
+    name_config: NameConfig | None = None
     trace_key_changes: bool = True
     """Pass `KeyChanged` events to the world (they enter the trace digest); off for very large runs."""
 
@@ -66,14 +73,18 @@ class ServiceNode:
     like `NodeState._on_member_event`; `handle_timer` wakes only the cores that are due.
     """
 
-    __slots__ = ("core", "replicator", "registry", "_channels", "_events", "_trace_key_changes", "_services", "_pack",
+    __slots__ = ("core", "replicator", "registry", "names", "name_runner", "_channels", "_events", "_trace_key_changes", "_services", "_pack",
                  "service_frames", "service_bytes")
 
     def __init__(self, core: SimCore, *, replicator: Replicator | None = None, registry: Registry | None = None,
+                 names: NameLeases | None = None, name_runner: NameRunner | None = None,
                  trace_key_changes: bool = True) -> None:
         self.core = core
         self.replicator = replicator
         self.registry = registry
+        self.names = names
+        self.name_runner = name_runner
+        """Runs a lease operation through the consensus stand-in and reports its outcome (name_keeper's job)."""
         self._trace_key_changes = trace_key_changes
         self._events: deque[Any] = deque()
         self._channels: dict[int, Any] = {}
@@ -125,10 +136,20 @@ class ServiceNode:
             due = service.get_timer()
             if due is not None and due <= now_ms:
                 service.handle_timer(now_ms)
+        names = self.names
+        if names is not None:
+            due = names.get_timer()
+            if due is not None and due <= now_ms:
+                for op in names.handle_timer(now_ms):
+                    self.run_name_op(op, now_ms)
         self._pump(now_ms)
 
     def get_timer(self) -> int | None:
         best = self.core.get_timer()
+        if self.names is not None:
+            due = self.names.get_timer()
+            if due is not None and (best is None or due < best):
+                best = due
         for service in self._services:
             due = service.get_timer()
             if due is not None and (best is None or due < best):
@@ -180,7 +201,22 @@ class ServiceNode:
         if self.registry is None:
             raise RuntimeError("this simulated node runs no registry; build the world with services registry")
         self.registry.deregister(agent_id, now_ms)
+        if self.names is not None:
+            op = self.names.release(agent_id)
+            if op is not None:
+                self.run_name_op(op, now_ms)
         self._pump(now_ms)
+
+    def claim_name(self, agent_id: str, name: str, now_ms: int) -> None:
+        """Keep a unique `name` for a hosted agent (register_agent(unique=True) through NameLeases)."""
+        if self.names is None:
+            raise RuntimeError("this simulated node runs no name leases; build the world with services names")
+        self.run_name_op(self.names.claim(agent_id, name, now_ms), now_ms)
+        self._pump(now_ms)
+
+    def run_name_op(self, op: NameOp, now_ms: int) -> None:
+        if self.name_runner is not None:
+            self.name_runner(self, op, now_ms)
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -213,6 +249,9 @@ class ServiceNode:
                     events.append(event)
         if registry is not None:
             while (event := registry.next_event()) is not None:
+                events.append(event)
+        if self.names is not None:
+            while (event := self.names.next_event()) is not None:
                 events.append(event)
         if len(events) > SERVICE_EVENTS_MAX:
             raise RuntimeError(f"{len(events)} service events undrained; the world must drain after every input")
@@ -251,7 +290,7 @@ class ServiceDisks:
 
 
 def service_core_factory(membership: CoreFactory, config: ServicesConfig, *, seed: int, cluster: str,
-                         disks: ServiceDisks) -> CoreFactory:
+                         disks: ServiceDisks, name_runner: NameRunner | None = None) -> CoreFactory:
     """Wraps a membership core factory so every node also runs the configured service cores.
 
     Service cores draw from their own forks of the run seed, so switching services on never
@@ -281,7 +320,12 @@ def service_core_factory(membership: CoreFactory, config: ServicesConfig, *, see
             disks.registry_epochs[node_id] = epoch
             registry = Registry(node_id, cluster=cluster, epoch=epoch, rng=fork(seed, "node", node_id, "registry", epoch),
                                 config=config.registry_config)
-        node = ServiceNode(core, replicator=replicator, registry=registry, trace_key_changes=config.trace_key_changes)
+        names = None
+        if config.names:
+            names = NameLeases(node_id, fork(seed, "node", node_id, "names", disks.registry_epochs.get(node_id, 0)),
+                               config.name_config)
+        node = ServiceNode(core, replicator=replicator, registry=registry, names=names, name_runner=name_runner,
+                           trace_key_changes=config.trace_key_changes)
         previous = disks.nodes.get(node_id)
         if previous is not None:
             disks.bytes_of_previous_lives += previous.service_bytes

@@ -191,6 +191,8 @@ class RegistryLog:
 
 
 CAPABILITIES = ("summarise", "translate", "search")
+UNIQUE_NAMES = 4
+"""Unique agent names contended for when the names service runs (few, so claims collide)."""
 
 
 def schedule_registry_workload(world: World, workload: RegistryWorkload, log: RegistryLog) -> None:
@@ -224,6 +226,9 @@ def schedule_registry_workload(world: World, workload: RegistryWorkload, log: Re
             world.trace.record(b"A%d %d +" % (now_ms, node.index) + agent_id.encode())
             service.register_agent(agent_id, (capability,), local_now)
             log.registered += 1
+            if service.names is not None:
+                # register_agent(unique=True): the agent keeps a name from a small, contended pool.
+                service.claim_name(agent_id, f"unique-{rng.randrange(UNIQUE_NAMES)}", local_now)
         world.poke(node, now_ms)
         log.last_op_ms = now_ms
 
