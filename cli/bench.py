@@ -57,6 +57,9 @@ def state(
     partition_s: float = typer.Option(60.0, "--partition-s", help="Simulated partition length in seconds."),
     updates: int = typer.Option(20_000, "--updates", help="Local updates timed for updates/s."),
     seed: int = typer.Option(1, "--seed", help="Simulation seed (one seed replays the same run)."),
+    world: bool = typer.Option(True, "--world/--no-world", help=(
+        "Also run the re-convergence figure in the shared simulator (real NodeCores beside the replicas; "
+        "`agentnode simulate --scenario state-reconverge`, a 60 s partition; ~2-3 CPU minutes at 50 x 10,000).")),
     json: bool = JsonOption,
 ) -> None:
     from agentnode.state_benchmark import run_state_benchmark
@@ -65,6 +68,10 @@ def state(
         fail("--nodes must be at least 2; --keys, --updates and --partition-s positive; --writes not negative")
     result = run_state_benchmark(updates=updates, nodes=nodes, keys=keys, writes=writes,
                                  partition_ms=int(partition_s * 1000), seed=seed)
+    if world:
+        from agentnode.simulations.reconvergence import reconvergence_figure
+
+        result["partition_heal_world"] = reconvergence_figure(nodes=nodes, keys=keys, writes=writes, seed=seed)
     if json:
         print_json(result)
         return
@@ -79,7 +86,11 @@ def state(
         (f"re-convergence after {heal['partition_s']} s partition heals ({heal['nodes']} nodes, {heal['keys']} keys)",
          f"{heal['reconverge_s']} s simulated (goal ≤ {heal['goal_s']} s)"),
         ("bytes on the wire after heal", heal["bytes_after_heal"]),
-    ])
+    ] + ([(
+        f"re-convergence in the shared simulator ({result['partition_heal_world']['nodes']} nodes with membership, "
+        f"{result['partition_heal_world']['keys']} keys, {result['partition_heal_world']['partition_s']} s partition)",
+        f"{result['partition_heal_world']['reconverge_s']} s simulated (replicas equal after "
+        f"{result['partition_heal_world']['replicas_equal_s']} s)")] if "partition_heal_world" in result else []))
 
 
 @bench_app.command("messaging", help="Agent-to-agent msgs/s per delivery mode, request RTT, broadcast latency (10 nodes, 1000 simulated), vs raw TLS.")

@@ -22,3 +22,7 @@ def test_bench_state_small_run_reports_all_figures() -> None:
     prune = figures["prune"]
     assert prune["folded"] and prune["markers_collected"]
     assert prune["bytes_per_key_after"] < prune["bytes_per_key_before"]
+    world = figures["partition_heal_world"]  # the same figure in the shared simulator (real NodeCores)
+    assert world["nodes"] == 4 and world["keys"] == 300
+    assert world["violation"] is None and world["converged_at_end"]
+    assert world["reconverge_s"] is not None and world["reconverge_s"] >= 0
