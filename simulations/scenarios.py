@@ -365,7 +365,7 @@ SCENARIOS: dict[str, Scenario] = {
                  80.0, _state_partition),
         Scenario("consensus-faults", "Raft stand-in: a voter cut off, a voter crash/restart, a half split; "
                  "puts and name leases throughout", 80.0, _consensus_faults),
-        Scenario("state-reconverge", "issue-6 benchmark: preloaded keys, 60 s split with writes, time to re-converge",
+        Scenario("state-reconverge", "the state benchmark: preloaded keys, a 60 s split with writes, time to re-converge after the heal",
                  100.0, _state_reconverge),
     )
 }
