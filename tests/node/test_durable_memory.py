@@ -100,3 +100,27 @@ async def test_durable_sends_wait_for_a_down_node_and_expire_by_ttl(tmp_path: Pa
     finally:
         await receiver.stop()
         await sender.stop()
+
+
+async def test_a_durable_message_rejected_as_no_such_agent_is_offered_again_until_the_agent_registers(
+        tmp_path: Path) -> None:
+    hub = MemoryHub()
+    sender = _node(hub, tmp_path, 1)
+    await sender.start()
+    got: list[bytes] = []
+    receiver, rx = await _receiver(hub, tmp_path, sender, got)
+    try:
+        await receiver.stop()
+        await _until("the registry to drop the agent", lambda: sender.agents.registry.lookup(rx) is None, timeout_s=30)
+        receiver = _node(hub, tmp_path, 2)  # back, but its agent has not registered again yet
+        await receiver.start()
+        await _until("the node to be alive again", lambda: any(
+            m.node_id == receiver.node_id and m.state == "alive" for m in sender.members()))
+        await sender.send(rx, b"early", delivery="durable")
+        await _until("a reject and a retry", lambda: sender.agents.counters["durable_retried"] >= 1)
+        await receiver.register_agent("rx", handler=lambda msg: got.append(msg.payload))
+        await _until("the message after the agent registered", lambda: got == [b"early"])
+        await _until("the outbox to drain", lambda: sender.agents.stats()["outbox_rows"] == 0)
+    finally:
+        await receiver.stop()
+        await sender.stop()
