@@ -895,7 +895,10 @@ class NodeCore:
     def _enqueue(self, update: Update) -> None:
         queue = self._queue
         before = queue.dropped
-        queue.enqueue(update)
+        # A queued update outlives the frame it came in (up to `broadcast_queue_max` per node while a
+        # big cluster joins): hold interned strings, not the frame's decoded copies.
+        kind, node_id, incarnation, address, origin, metadata = update
+        queue.enqueue(_new_update(Update, (kind, _intern(node_id), incarnation, _intern(address), _intern(origin), metadata)))
         if queue.dropped != before:
             self._counters["updates_dropped"] += 1
 
