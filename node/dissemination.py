@@ -90,8 +90,14 @@ class Dissemination:
                 for node_id in picks:
                     taken.append(bucket.pop(node_id))
                     del where[node_id]
+            if not bucket:
+                # A dict keeps its table after a join burst emptied it (up to `broadcast_queue_max`
+                # slots per bucket, per node); start afresh.
+                buckets[t] = {}
             if len(taken) >= max_updates:
                 break
+        if not where:
+            self._where = {}
         return tuple(taken)
 
     def peek(self, node_id: str) -> Update | None:
