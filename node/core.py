@@ -85,6 +85,11 @@ MAX_PENDING_PINGS = 64
 """Reconnect / seed pings awaiting an ack; the oldest is forgotten beyond this."""
 MAX_SUSPECTS_TO_CHECK = 16
 """Suspects (accused by others) this node probes ahead of its round-robin order."""
+MAX_SUSPECTS_TO_RECHECK = 64
+"""Expired suspicions queued for a re-check probe while our health is poor (decision 0044)."""
+MAX_SUSPICION_RECHECKS = 8
+"""Times one suspicion may be extended for a re-check while our health stays poor; then our own
+verdict stands. At most 8 x 2 scaled probe periods (64 s on the LAN profile at the worst health)."""
 RECENT_ACKERS = 16
 """Members that answered our last probes; ping-req helpers are drawn from them first."""
 MAX_OUTBOX = 100_000
@@ -147,7 +152,8 @@ _COUNTERS = (
     "dropped_from_self", "dropped_not_started", "dropped_outbox_full", "events_dropped",
     "pings_sent", "acks_received", "acks_late", "ping_reqs_sent", "ping_reqs_served", "ping_reqs_dropped",
     "nacks_sent", "nacks_received", "probes_failed", "suspicions", "confirmations", "degraded_timeouts",
-    "members_failed", "refutations", "updates_applied", "updates_unknown_member", "updates_dropped",
+    "members_failed", "refutations", "suspicions_cleared", "suspicion_rechecks", "stale_verdicts",
+    "updates_applied", "updates_unknown_member", "updates_dropped",
     "gossip_sent", "push_pulls_sent", "push_pulls_served", "joins_sent", "joins_served", "seed_pings",
     "reconnect_pings", "reconnects", "peer_unreachable", "members_reaped",
 )
@@ -214,6 +220,7 @@ class NodeCore:
         self._probe: _Probe | None = None
         self._to_check: dict[str, None] = {}
         self._checked_last = False
+        self._recheck: dict[str, None] = {}
         self._recent_ok: deque[str] = deque(maxlen=RECENT_ACKERS)
         self._seq = 0
         self._seeds: dict[str, None] = {}
@@ -448,6 +455,9 @@ class NodeCore:
             self._awareness.apply(-1)
             if not probe.indirect:
                 self._recent_ok.append(probe.target)
+            rec = self._members.get(probe.target)
+            if rec is not None and rec.state == SUSPECT:
+                self._answered_suspect(rec, now_ms)
             return
         relay = self._relays.pop(seq, None)
         if relay is not None:
@@ -548,6 +558,12 @@ class NodeCore:
             elif u.kind == KIND_LEFT and node_id not in self._members:
                 self._add_gone(u, LEFT, now_ms)
                 continue
+            elif u.kind == KIND_SUSPECT:
+                rec = self._members.get(node_id)
+                if rec is not None and rec.state == SUSPECT and rec.incarnation == u.incarnation:
+                    # Not a confirmation: a state carries no accuser, and it may be our own accusation
+                    # echoed back (memberlist mergeState confirms as the local node, not the sender).
+                    continue
             self._apply(u, sender, now_ms, gossip=join and node_id == sender)
 
     def _apply(self, u: Update, sender: str, now_ms: int, gossip: bool = True) -> None:
@@ -566,6 +582,15 @@ class NodeCore:
             return
         if u.incarnation < rec.incarnation or (u.incarnation == rec.incarnation and kind == KIND_ALIVE):
             return  # old news, ignored by every rule below (also tested in `_merge`, keep in step)
+        if (kind == KIND_DEAD and rec.state == SUSPECT and u.incarnation == rec.incarnation
+                and rec.suspicion is not None and len(rec.suspicion.accusers) == 1
+                and (u.origin or sender) in rec.suspicion.accusers):
+            # Our suspicion is nothing but this node's accusation (often its earlier copy of this very
+            # verdict, turned into a suspicion below): a second copy of one rumour is no evidence, and
+            # accepting it would undo that rule within one gossip round. With any other accuser (our
+            # own failed probe included) the verdict is accepted as before (decision 0044).
+            self._counters["stale_verdicts"] += 1
+            return
         if kind == KIND_DEAD and rec.state == ALIVE and u.incarnation >= rec.incarnation:
             # Someone else's verdict on a member we never suspected (it may be stale: queued behind a
             # partition, or from the other side of one). Suspect it instead, so it can still refute.
@@ -695,7 +720,30 @@ class NodeCore:
             return
         if transition(rec.state, TIMEOUT, rec.incarnation, rec.incarnation) is None:
             return
-        if rec.suspicion.confirmations < rec.suspicion.k:
+        s = rec.suspicion
+        score = self._awareness.score
+        if score and s.confirmations < s.k and s.rechecks < MAX_SUSPICION_RECHECKS and not self._leaving:
+            # Lifeguard LHA spirit: poor local health means we have been failing probes (cut off,
+            # overloaded), so we may also have missed the refutation, and too few others confirmed
+            # the suspicion to outweigh that. Probe the suspect once more (carrying the suspicion)
+            # before declaring it; an answer clears it (SWIM §4.2), a failed probe once our health is
+            # back declares it at once; while our health stays poor the timer is extended again, up
+            # to MAX_SUSPICION_RECHECKS times (decision 0044).
+            s.rechecks += 1
+            s.deadline_ms = now_ms + 2 * self.profile.probe_interval_ms * (score + 1)
+            self._push_timer(s.deadline_ms, _TIMER_SUSPICION, node_id)
+            self._counters["suspicion_rechecks"] += 1
+            if len(self._recheck) < MAX_SUSPECTS_TO_RECHECK:
+                self._recheck[node_id] = None
+                if self._probe is None:
+                    self._next_probe_ms = min(self._next_probe_ms, now_ms)
+            return
+        self._declare_dead(rec, now_ms)
+
+    def _declare_dead(self, rec: MemberRecord, now_ms: int) -> None:
+        """Our own verdict on a suspect whose timer ran out (or whose re-check probe failed)."""
+        node_id = rec.node_id
+        if rec.suspicion is not None and rec.suspicion.confirmations < rec.suspicion.k:
             self._counters["degraded_timeouts"] += 1  # memberlist.degraded.timeout
         self._set_state(rec, DEAD, self.node_id, now_ms)
         self._counters["members_failed"] += 1
@@ -709,8 +757,17 @@ class NodeCore:
         scale = self._awareness.score + 1
         self._next_probe_ms = now_ms + p.probe_interval_ms * scale
         target = None
+        while self._recheck:
+            node_id = next(iter(self._recheck))
+            del self._recheck[node_id]
+            rec = self._members.get(node_id)
+            if rec is not None and rec.state == SUSPECT and rec.suspicion is not None and rec.suspicion.rechecks:
+                target = node_id
+                break
         # Alternate suspect checks with round robin, so the SWIM time bound on probing everyone holds.
-        checked_last, self._checked_last = self._checked_last, False
+        checked_last = self._checked_last or target is not None
+        if target is None:
+            self._checked_last = False
         while self._to_check and not checked_last:
             node_id = next(iter(self._to_check))
             del self._to_check[node_id]
@@ -757,6 +814,12 @@ class NodeCore:
             return
         update = Update(KIND_SUSPECT, rec.node_id, rec.incarnation, rec.address, self.node_id, None)
         self._apply(update, self.node_id, now_ms)
+        if rec.state == SUSPECT and rec.suspicion is not None and rec.suspicion.rechecks:
+            # Its timer already ran out and this was (or counts as) the re-check: declare it if our
+            # health is back; otherwise the probe may have straddled a heal, so the timer decides (0044).
+            if not self._awareness.score:
+                self._declare_dead(rec, now_ms)
+                return
         # Tell the suspect at once so it can refute before the news even spreads (Lifeguard buddy system).
         self._send(rec.address, rec.node_id, Gossip((update,)))
 
@@ -778,6 +841,19 @@ class NodeCore:
             accuser = next(iter(rec.suspicion.accusers)) if rec.suspicion is not None else self.node_id
             update = Update(KIND_SUSPECT, rec.node_id, rec.incarnation, rec.address, accuser, None)
         self._send(rec.address, rec.node_id, Gossip((update,)))
+
+    def _answered_suspect(self, rec: MemberRecord, now_ms: int) -> None:
+        """A suspect answered our probe (directly or through a helper): un-mark it here (SWIM §4.2).
+
+        Not gossiped: alive at the same incarnation does not override anyone's suspect (§4.2
+        precedence), so others still need the suspect's own refutation. A relayed ack proves life
+        but the helper's ping did not carry the suspicion, so tell the suspect first. This is what
+        saves a node that missed every copy of a refutation while its probes got through (0044).
+        """
+        self._tell_accused(rec, now_ms)
+        self._counters["suspicions_cleared"] += 1
+        self._set_state(rec, ALIVE, self.node_id, now_ms)
+        self._emit(ev.MemberAlive(rec.node_id, rec.address, rec.incarnation, SUSPECT))
 
     # ------------------------------------------------------------------ gossip, anti-entropy, seeds
 

@@ -148,7 +148,7 @@ class Suspicion:
     it as  timeout = max - (max - min) * log(n + 1) / log(k + 1),  reaching `min_ms` at k confirmations.
     """
 
-    __slots__ = ("incarnation", "start_ms", "k", "min_ms", "max_ms", "accusers", "deadline_ms")
+    __slots__ = ("incarnation", "start_ms", "k", "min_ms", "max_ms", "accusers", "deadline_ms", "rechecks")
 
     def __init__(self, incarnation: int, accuser: str, k: int, min_ms: int, max_ms: int, now_ms: int) -> None:
         self.incarnation = incarnation
@@ -159,6 +159,8 @@ class Suspicion:
         self.accusers: dict[str, None] = {accuser: None}
         """The first accuser plus up to k confirmers (bounded)."""
         self.deadline_ms = now_ms + (max_ms if k >= 1 else min_ms)
+        self.rechecks = 0
+        """Times the timer ran out while our health was poor and was extended for a re-check probe (0044)."""
 
     @property
     def confirmations(self) -> int:
@@ -174,7 +176,10 @@ class Suspicion:
         n += 1
         frac = math.log(n + 1) / math.log(self.k + 1)
         timeout = max(self.min_ms, int(self.max_ms - frac * (self.max_ms - self.min_ms)))
-        self.deadline_ms = self.start_ms + timeout
+        deadline = self.start_ms + timeout
+        # After a re-check extension (decision 0044) one more confirmation does not cut the time the
+        # re-check probe needs; k of them (others agree) do.
+        self.deadline_ms = max(deadline, self.deadline_ms) if self.rechecks and n < self.k else deadline
         return True
 
 

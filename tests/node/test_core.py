@@ -245,8 +245,12 @@ def test_confirmations_shorten_the_suspicion_timeout() -> None:
     """Lifeguard: the same suspicion times out sooner when independent accusers confirm it."""
     from agentnode.messages import KIND_SUSPECT, Gossip, Update, encode
 
+    # Local health off: the observer is cut off here (only its own timers run), and an unhealthy node
+    # re-checks a suspect before declaring it (decision 0044; tests/node/test_core_false_deaths.py).
+    healthy = replace(SMALL, awareness_max_multiplier=1)
+
     def time_to_dead(confirmers: int) -> int:
-        c = Cluster(12)
+        c = Cluster(12, profile=healthy)
         c.run(10_000)
         c.crash("n0011")
         observer = c.cores["n0000"]
