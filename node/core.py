@@ -562,7 +562,8 @@ class NodeCore:
                 rec = self._members.get(node_id)
                 if rec is not None and rec.state == SUSPECT and rec.incarnation == u.incarnation:
                     # Not a confirmation: a state carries no accuser, and it may be our own accusation
-                    # echoed back (memberlist mergeState confirms as the local node, not the sender).
+                    # echoed back (memberlist mergeState confirms as the local node, not the sender;
+                    # decision 0044).
                     continue
             self._apply(u, sender, now_ms, gossip=join and node_id == sender)
 
@@ -848,7 +849,7 @@ class NodeCore:
         Not gossiped: alive at the same incarnation does not override anyone's suspect (§4.2
         precedence), so others still need the suspect's own refutation. A relayed ack proves life
         but the helper's ping did not carry the suspicion, so tell the suspect first. This is what
-        saves a node that missed every copy of a refutation while its probes got through (0044).
+        saves a node that missed every copy of a refutation while its probes got through (0043).
         """
         self._tell_accused(rec, now_ms)
         self._counters["suspicions_cleared"] += 1

@@ -1,5 +1,6 @@
-"""Regression tests for the two false-death mechanisms of issue 4 (decision 0044), each reproduced on
-hand-built NodeCores with a tiny router whose drop rule recreates the exact losses of the failing run.
+"""Regression tests for the two false-death mechanisms of issue 4 (decisions 0043, 0044), each
+reproduced on hand-built NodeCores with a tiny router whose drop rule recreates the losses of the
+failing run.
 
 1. `agentnode simulate --nodes 100 --seed 1 --scenario lossy --duration-s 600`: an observer heard a
    suspicion, every copy of the suspect's refutation to it was lost, yet its own probe of the suspect

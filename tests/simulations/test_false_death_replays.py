@@ -1,4 +1,4 @@
-"""The exact replays of issue 4's false deaths (decision 0044) now run clean.
+"""The exact replays of issue 4's false deaths (decisions 0043, 0044) now run clean.
 
 Hand-built reproductions of each mechanism are in tests/node/test_core_false_deaths.py; these are the
 simulator runs that found them, so a regression shows up with its replay command.
