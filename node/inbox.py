@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agentnode.agent_messages import MessageId
-from agentnode.outbox import StorageError, WalCheckpointer, _mapped, _rollback
+from agentnode.outbox import StorageError, WalCheckpointer, _mapped, _rollback, connect_wal
 
 __all__ = ["Inbox", "InboxItem", "InboxWriteFailed", "INBOX_FILE", "DEFAULT_PER_SENDER", "DEFAULT_MAX_SENDERS"]
 
@@ -132,12 +132,7 @@ class Inbox:
         if self._conn is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
+            conn = connect_wal(self.path, self.synchronous, None, _SCHEMA)
             rows = conn.execute("SELECT origin, count(*), max(seen_at_ms) FROM inbox_seen GROUP BY origin").fetchall()
             conn.execute("PRAGMA wal_autocheckpoint=0")  # a WalCheckpointer thread does it (as the outbox's)
         except sqlite3.Error as exc:

@@ -177,15 +177,7 @@ class Outbox:
         if self._conn is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA busy_timeout=5000")
-            if self.max_bytes is not None:
-                page = conn.execute("PRAGMA page_size").fetchone()[0]
-                conn.execute(f"PRAGMA max_page_count={max(16, self.max_bytes // page)}")
-            conn.executescript(_SCHEMA)
+            conn = connect_wal(self.path, self.synchronous, self.max_bytes, _SCHEMA)
             self._rows = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
             conn.execute("PRAGMA wal_autocheckpoint=0")  # the WalCheckpointer thread does it
         except sqlite3.Error as exc:
@@ -336,6 +328,27 @@ class Outbox:
         if self._conn is None:
             raise RuntimeError("Outbox is not open; call open() (or use it as a context manager) first")
         return self._conn
+
+
+def connect_wal(path: Path, synchronous: str, max_bytes: int | None, schema: str) -> sqlite3.Connection:
+    """Open (creating the directory) one of the node's SQLite files the way all of them are opened:
+    autocommit (transactions are explicit), WAL, the given `synchronous` level, a busy timeout, an
+    optional size bound (`max_page_count`: SQLITE_FULL instead of filling the disk), then `schema`.
+    Raises `sqlite3.Error` or `OSError`; callers map them to their own storage errors."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        if max_bytes is not None:
+            page = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count={max(16, max_bytes // page)}")
+        conn.executescript(schema)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _entry(r: tuple) -> OutboxEntry:  # type: ignore[type-arg]

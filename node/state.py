@@ -40,6 +40,7 @@ import msgpack
 from agentnode import events as ev
 from agentnode.crdt import CodecError, LWWRegister, StateStore, StoreLimits, VectorClock, WireLimits, from_wire, to_wire
 from agentnode.crdt.store import Repair, markers_from_wire, markers_to_wire
+from agentnode.outbox import connect_wal
 from agentnode.replication import (
     FRAME_TYPES,
     Consistency,
@@ -121,15 +122,7 @@ class StateDb:
 
     def open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA busy_timeout=5000")
-            if self.max_bytes is not None:
-                page = conn.execute("PRAGMA page_size").fetchone()[0]
-                conn.execute(f"PRAGMA max_page_count={max(16, self.max_bytes // page)}")
-            conn.executescript(_SCHEMA)
+            conn = connect_wal(self.path, self.synchronous, self.max_bytes, _SCHEMA)
         except sqlite3.Error as exc:
             raise _mapped(exc, f"cannot open the state database {self.path}") from exc
         except OSError as exc:
