@@ -221,6 +221,8 @@ class NodeCore:
         self._to_check: dict[str, None] = {}
         self._checked_last = False
         self._recheck: dict[str, None] = {}
+        self._heard_ms = -1
+        """When any member's frame last arrived: a cut-off node hears nothing (decision 0044)."""
         self._recent_ok: deque[str] = deque(maxlen=RECENT_ACKERS)
         self._seq = 0
         self._seeds: dict[str, None] = {}
@@ -324,6 +326,7 @@ class NodeCore:
         if not self._started:
             c["dropped_not_started"] += 1
             return
+        self._heard_ms = now_ms
         self._handlers[type(message)](sender_id, message, now_ms)  # type: ignore[operator]
         rec = self._members.get(sender_id)
         if rec is not None and (rec.state == DEAD or rec.state == SUSPECT) and not self._leaving:
@@ -723,14 +726,17 @@ class NodeCore:
             return
         s = rec.suspicion
         score = self._awareness.score
-        if score and s.confirmations < s.k and s.rechecks < MAX_SUSPICION_RECHECKS and not self._leaving:
+        in_contact = s.rechecks == 0 or self._heard_ms > s.rechecked_ms
+        if score and in_contact and s.confirmations < s.k and s.rechecks < MAX_SUSPICION_RECHECKS and not self._leaving:
             # Lifeguard LHA spirit: poor local health means we have been failing probes (cut off,
             # overloaded), so we may also have missed the refutation, and too few others confirmed
             # the suspicion to outweigh that. Probe the suspect once more (carrying the suspicion)
             # before declaring it; an answer clears it (SWIM §4.2), a failed probe once our health is
             # back declares it at once; while our health stays poor the timer is extended again, up
-            # to MAX_SUSPICION_RECHECKS times (decision 0044).
+            # to MAX_SUSPICION_RECHECKS times, but only while we hear from someone: a node that heard
+            # nothing since the last extension is cut off, and its own verdict stands (decision 0044).
             s.rechecks += 1
+            s.rechecked_ms = now_ms
             s.deadline_ms = now_ms + 2 * self.profile.probe_interval_ms * (score + 1)
             self._push_timer(s.deadline_ms, _TIMER_SUSPICION, node_id)
             self._counters["suspicion_rechecks"] += 1

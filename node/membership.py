@@ -148,7 +148,7 @@ class Suspicion:
     it as  timeout = max - (max - min) * log(n + 1) / log(k + 1),  reaching `min_ms` at k confirmations.
     """
 
-    __slots__ = ("incarnation", "start_ms", "k", "min_ms", "max_ms", "accusers", "deadline_ms", "rechecks")
+    __slots__ = ("incarnation", "start_ms", "k", "min_ms", "max_ms", "accusers", "deadline_ms", "rechecks", "rechecked_ms")
 
     def __init__(self, incarnation: int, accuser: str, k: int, min_ms: int, max_ms: int, now_ms: int) -> None:
         self.incarnation = incarnation
@@ -161,6 +161,8 @@ class Suspicion:
         self.deadline_ms = now_ms + (max_ms if k >= 1 else min_ms)
         self.rechecks = 0
         """Times the timer ran out while our health was poor and was extended for a re-check probe (0044)."""
+        self.rechecked_ms = -1
+        """When the timer was last extended for a re-check (0044): a further extension needs contact since."""
 
     @property
     def confirmations(self) -> int:
