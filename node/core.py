@@ -303,7 +303,7 @@ class NodeCore:
         if not self._started or self._leaving:
             return
         for address in fresh[:MAX_SEED_CONTACTS_PER_TICK]:
-            if address not in self._by_address or self._members[self._by_address[address]].state not in _LIVE:
+            if not self._address_live(address):
                 self._contact_seed(address, now_ms)
         if self._next_seed_ms is None:
             self._next_seed_ms = now_ms + self._join_backoff_ms
@@ -1116,8 +1116,9 @@ class NodeCore:
         self._live_stale = 0
 
     def _address_live(self, address: str) -> bool:
-        node_id = self._by_address.get(address)
-        return node_id is not None and self._members[node_id].state in _LIVE
+        # A seed's alias may name a sender that was never admitted, or one reaped since: not live.
+        rec = self._members.get(self._by_address.get(address, ""))
+        return rec is not None and rec.state in _LIVE
 
     def _index_seed_addresses(self, addresses: list[str]) -> None:
         """New seeds: note which known member listens at each (a live one if several do)."""

@@ -116,3 +116,27 @@ def test_cores_in_one_process_share_member_strings() -> None:
     for ma, mb in zip(a.members(), b.members()):
         if ma.node_id != "self":
             assert ma.node_id is mb.node_id and ma.address is mb.address
+
+
+def test_a_seed_answered_by_a_node_never_admitted_does_not_break_the_core() -> None:
+    """The seed's ack names its sender as the seed's alias; that sender never becomes a member (its
+    push-pull is lost). Seed ticks and new seeds must treat the alias as not live, not raise."""
+    core = make_core()
+    learn(core, range(1, 4))  # with live members, a seed is contacted by a ping (not a join)
+    core.add_seeds(["10.9.9.9:7946"], 1)
+    pings = [decode(out.frame, CLUSTER) for out in core.messages_to_send()]
+    (ping,) = [m for m in pings if isinstance(m, Ping)]
+    core.receive("stranger", _as_lists(encode(Ack(ping.seq, ()), CLUSTER)), 2)
+    core.messages_to_send()
+    assert core.member("stranger") is None
+    now = 3
+    redialled = False
+    for _ in range(200):  # seed ticks re-contact the seed: its alias is not a live member
+        now = max(now + 1, core.get_timer() or now)
+        core.handle_timer(now)
+        redialled |= any(out.address == "10.9.9.9:7946" for out in core.messages_to_send())
+        if redialled:
+            break
+    assert redialled
+    core.add_seeds(["10.9.9.9:7946", "10.9.9.8:7946"], now + 1)  # a known seed again, and a new one
+    assert any(out.address == "10.9.9.8:7946" for out in core.messages_to_send())
