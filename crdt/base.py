@@ -79,6 +79,7 @@ class Crdt:
         out.merge(other)
         return out
 
+
     def apply_op(self: C, replica: str, op: str, args: Sequence[object] = ()) -> C:
         """Run the named mutator as `replica` and return its delta (the store's entry point)."""
         fn = self.OPS.get(op)
@@ -92,6 +93,32 @@ class Crdt:
     def _check_merge_type(self, other: object) -> None:
         if type(other) is not type(self):
             raise CrdtUsageError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+
+
+class DotStoreCrdt(Crdt):
+    """A causal CRDT: a dot store `_store` (what is present, tagged with dots) and a causal context `_ctx`
+    (every dot ever seen). Pruning is the same for all of them (decision 0024): `fold` re-tags every dot
+    of the removed replica with a fresh owner dot, so what is present stays present (an add by the
+    owner: a remove concurrent with the fold loses to it, add wins, as Akka's `ORSet.prune`), then
+    forgets the replica. Subclasses give `_store_strip(store, replica)` and
+    `_store_retag(store, replica, new_dot)`."""
+
+    __slots__ = ()
+
+    def mentions(self, replica: str) -> bool:
+        return self._ctx.mentions(replica)  # type: ignore[attr-defined]  # every stored dot is in the context
+
+    def strip(self, replica: str) -> None:
+        self._store = self._store_strip(self._store, replica)  # type: ignore[attr-defined]
+        self._ctx.strip(replica)  # type: ignore[attr-defined]
+
+    def fold(self, removed: str, owner: str) -> None:
+        checked_replica(owner)
+        if removed == owner:
+            return
+        ctx = self._ctx  # type: ignore[attr-defined]
+        self._store = self._store_retag(self._store, removed, lambda: ctx.next_dot(owner))  # type: ignore[attr-defined]
+        ctx.strip(removed)
 
 
 def checked_element(x: object, what: str = "element") -> None:

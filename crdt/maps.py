@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .base import Crdt, checked_element, checked_replica, checked_timestamp, checked_value
+from .base import Crdt, DotStoreCrdt, checked_element, checked_replica, checked_timestamp, checked_value
 from .causal import DELTA_DOTS_MAX, CausalContext, Dot
 from .errors import CrdtUsageError
 from .or_set import ORSet
@@ -30,7 +30,7 @@ __all__ = ["LWWMap", "NESTABLE_TYPES", "ORMap"]
 EntryKey = tuple[Element, str]
 
 
-class ORMap(Crdt):
+class ORMap(DotStoreCrdt):
     """An observed-remove map from elements to nested causal CRDTs (ORSet, MVRegister, ORMap)."""
 
     __slots__ = ("_store", "_ctx")
@@ -155,21 +155,6 @@ class ORMap(Crdt):
     def context(self) -> CausalContext:
         """The causal context shared with nested values (do not mutate)."""
         return self._ctx
-
-    def mentions(self, replica: str) -> bool:
-        return self._ctx.mentions(replica)
-
-    def strip(self, replica: str) -> None:
-        self._store = self._store_strip(self._store, replica)
-        self._ctx.strip(replica)
-
-    def fold(self, removed: str, owner: str) -> None:
-        """Re-tag every nested dot of `removed` with a fresh `owner` dot, then forget `removed`."""
-        checked_replica(owner)
-        if removed == owner:
-            return
-        self._store = self._store_retag(self._store, removed, lambda: self._ctx.next_dot(owner))
-        self._ctx.strip(removed)
 
     def entries(self) -> list[tuple[Element, str, Any]]:
         """(key, type name, nested store) in order; the stores are live, do not mutate."""

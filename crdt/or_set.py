@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .base import Crdt, checked_element, checked_replica
+from .base import DotStoreCrdt, checked_element, checked_replica
 from .causal import DELTA_DOTS_MAX, CausalContext, Dot, join_dot_sets
 from .values import Element, element_order
 
 __all__ = ["ORSet"]
 
 
-class ORSet(Crdt):
+class ORSet(DotStoreCrdt):
     """An add-wins set of elements (str, bytes or 64-bit int); a causal CRDT that nests in ORMap."""
 
     __slots__ = ("_store", "_ctx")
@@ -103,25 +103,6 @@ class ORSet(Crdt):
     def context(self) -> CausalContext:
         """The causal context (do not mutate)."""
         return self._ctx
-
-    def mentions(self, replica: str) -> bool:
-        return self._ctx.mentions(replica)  # every stored dot is in the context
-
-    def strip(self, replica: str) -> None:
-        self._store = self._store_strip(self._store, replica)
-        self._ctx.strip(replica)
-
-    def fold(self, removed: str, owner: str) -> None:
-        """Re-add each element `removed` holds a dot for under a fresh `owner` dot, then forget `removed`.
-
-        Akka `ORSet.prune` does the same: the re-add is an add by the owner, so an element present
-        stays present; a remove concurrent with the fold loses to it (add wins), as with any add.
-        """
-        checked_replica(owner)
-        if removed == owner:
-            return
-        self._store = self._store_retag(self._store, removed, lambda: self._ctx.next_dot(owner))
-        self._ctx.strip(removed)
 
     def entries(self) -> list[tuple[Element, list[Dot]]]:
         """(element, its dots) in element order."""

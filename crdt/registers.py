@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .base import Crdt, checked_replica, checked_timestamp, checked_value
+from .base import Crdt, DotStoreCrdt, checked_replica, checked_timestamp, checked_value
 from .causal import CausalContext, Dot, join_dot_funs
 from .errors import CrdtUsageError
 from .values import canonical_bytes
@@ -105,7 +105,7 @@ class LWWRegister(Crdt):
     OPS: dict[str, Any] = {"assign": lambda self, r, value, timestamp: self.assign(r, value, timestamp)}
 
 
-class MVRegister(Crdt):
+class MVRegister(DotStoreCrdt):
     """A multi-value register: a write replaces what it has seen; concurrent writes are all kept.
 
     State: a dot -> value map and a causal context (a causal CRDT; it can be nested in ORMap).
@@ -160,21 +160,6 @@ class MVRegister(Crdt):
     def context(self) -> CausalContext:
         """The causal context (do not mutate)."""
         return self._ctx
-
-    def mentions(self, replica: str) -> bool:
-        return self._ctx.mentions(replica)
-
-    def strip(self, replica: str) -> None:
-        self._store = self._store_strip(self._store, replica)
-        self._ctx.strip(replica)
-
-    def fold(self, removed: str, owner: str) -> None:
-        """Keep each value `removed` wrote under a fresh `owner` dot, then forget `removed`."""
-        checked_replica(owner)
-        if removed == owner:
-            return
-        self._store = self._store_retag(self._store, removed, lambda: self._ctx.next_dot(owner))
-        self._ctx.strip(removed)
 
     def entries(self) -> list[tuple[Dot, Any]]:
         """(dot, value) in dot order."""
