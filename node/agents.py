@@ -834,18 +834,8 @@ class AgentService:
         """
         self._require_running()
         body = _payload(payload)
-        if delivery not in MODES:
-            raise ValueError(f"delivery must be one of {', '.join(MODES)}")
-        prio = _priority(priority)
-        ttl_ms = _seconds_ms(ttl, "ttl") if ttl is not None else 0
-        confirm = (delivery == AT_LEAST_ONCE) if confirm is None else confirm
-        if confirm and delivery == BEST_EFFORT:
-            raise ValueError("best_effort messages are not acknowledged; use delivery='at_least_once' to confirm")
-        policy = on_full or self.config.on_full
-        timeout_s = self.config.default_timeout_s if timeout is None else timeout
-        if timeout_s <= 0:
-            raise ValueError("timeout must be positive (seconds)")
-        src = sender or self.sender_id
+        prio, ttl_ms, confirm, policy, timeout_s, src = self._send_options(delivery, ttl, priority, confirm, on_full,
+                                                                           timeout, sender)
         self.counters["sent"] += 1
         if isinstance(to, Capability):
             if delivery != AT_LEAST_ONCE or not confirm:
@@ -873,6 +863,23 @@ class AgentService:
             await self._new_waiter(msg_id, to, node_id, KIND_DATA, timeout_s, False)
         return msg_id
 
+    def _send_options(self, delivery: str, ttl: float | None, priority: Priority, confirm: bool | None,
+                      on_full: str | None, timeout: float | None,
+                      sender: str | None) -> tuple[int, int, bool, str, float, str]:
+        """`send`/`send_many` options checked and defaulted: (priority, ttl ms, confirm, on_full policy,
+        timeout s, sender). Caller misuse raises ValueError saying what to pass instead."""
+        if delivery not in MODES:
+            raise ValueError(f"delivery must be one of {', '.join(MODES)}")
+        prio = _priority(priority)
+        ttl_ms = _seconds_ms(ttl, "ttl") if ttl is not None else 0
+        confirm = (delivery == AT_LEAST_ONCE) if confirm is None else confirm
+        if confirm and delivery == BEST_EFFORT:
+            raise ValueError("best_effort messages are not acknowledged; use delivery='at_least_once' to confirm")
+        timeout_s = self.config.default_timeout_s if timeout is None else timeout
+        if timeout_s <= 0:
+            raise ValueError("timeout must be positive (seconds)")
+        return prio, ttl_ms, confirm, on_full or self.config.on_full, timeout_s, sender or self.sender_id
+
     async def send_many(
         self,
         to: str,
@@ -898,18 +905,8 @@ class AgentService:
         if isinstance(to, Capability):
             raise ValueError("send_many addresses one agent id; use send() for a Capability (balancing, failover)")
         bodies = [_payload(p) for p in payloads]
-        if delivery not in MODES:
-            raise ValueError(f"delivery must be one of {', '.join(MODES)}")
-        prio = _priority(priority)
-        ttl_ms = _seconds_ms(ttl, "ttl") if ttl is not None else 0
-        confirm = (delivery == AT_LEAST_ONCE) if confirm is None else confirm
-        if confirm and delivery == BEST_EFFORT:
-            raise ValueError("best_effort messages are not acknowledged; use delivery='at_least_once' to confirm")
-        policy = on_full or self.config.on_full
-        timeout_s = self.config.default_timeout_s if timeout is None else timeout
-        if timeout_s <= 0:
-            raise ValueError("timeout must be positive (seconds)")
-        src = sender or self.sender_id
+        prio, ttl_ms, confirm, policy, timeout_s, src = self._send_options(delivery, ttl, priority, confirm, on_full,
+                                                                           timeout, sender)
         node_id = self._resolve_durable(to) if delivery == DURABLE else self._resolve(to)
         wait_if_full = policy == "wait" and delivery != BEST_EFFORT
         if wait_if_full and ttl_ms == 0:
