@@ -40,7 +40,40 @@ def live_replicas(world: World) -> list[tuple[int, Any]]:
     return out
 
 
-class CrdtConverged:
+class _ConvergenceClock:
+    """What the convergence invariants share: a clock that starts at the last write, fault or membership
+    convergence (`since`), a bound, and, once everything is equal, a re-scan only every SETTLED_SCAN_MS.
+    Diverging again with no new write or fault restarts the clock: that is a bug too, and gets the bound."""
+
+    def __init__(self, bound_ms: int) -> None:
+        self.bound_ms = bound_ms
+        self._since = -1
+        self._settled = False
+        self._next_scan_ms = 0
+
+    def _stop_clock(self) -> None:
+        self._since = -1
+
+    def _scan_due(self, since: int, now_ms: int, final: bool) -> bool:
+        if since != self._since:
+            self._since, self._settled = since, False
+        return not (self._settled and now_ms < self._next_scan_ms and not final)
+
+    def _overdue(self, equal: bool, now_ms: int, on_settled: Callable[[int], None]) -> bool:
+        """Record the outcome of a scan; True once unequal for longer than the bound since `self._since`."""
+        if equal:
+            if not self._settled:
+                self._settled = True
+                on_settled(self._since)
+            self._next_scan_ms = now_ms + SETTLED_SCAN_MS
+            return False
+        if self._settled:
+            self._settled = False
+            self._since = now_ms
+        return now_ms - self._since > self.bound_ms
+
+
+class CrdtConverged(_ConvergenceClock):
     """All live replicas equal within `bound_ms` of the latest of: the last write, the last fault,
     membership convergence. Counting from membership convergence is deliberate: replication learns
     its peers from membership (member_up), so it cannot beat it; membership has its own bound."""
@@ -50,7 +83,7 @@ class CrdtConverged:
     def __init__(self, bound_ms: int, log: StateLog, *, meter: Callable[[], int] | None = None) -> None:
         if bound_ms <= 0:
             raise ValueError("bound_ms must be positive")
-        self.bound_ms = bound_ms
+        super().__init__(bound_ms)
         self.log = log
         self.converged_log: list[tuple[int, int, int]] = []
         """(since, converged at, replicas) for every quiet period in which the replicas converged."""
@@ -61,9 +94,6 @@ class CrdtConverged:
         """When set (a heal), the first check at or after it with all replicas equal is recorded in
         `first_equal_ms`, whether or not membership has converged yet (a figure, not a rule)."""
         self.first_equal_ms: int | None = None
-        self._since = -1
-        self._settled = False
-        self._next_scan_ms = 0
 
     def watch_equal_after(self, at_ms: int) -> None:
         self.equal_after_ms = at_ms
@@ -81,28 +111,20 @@ class CrdtConverged:
                 self.first_equal_ms = now_ms
         since = self.since_ms(world)
         if since is None:
-            self._since = -1
+            self._stop_clock()
             return None
-        if since != self._since:
-            self._since = since
-            self._settled = False
-        if self._settled and now_ms < self._next_scan_ms and not final:
+        if not self._scan_due(since, now_ms, final):
             return None
         replicas = live_replicas(world)
         digests = {r.root_digest() for _, r in replicas}
-        if len(digests) <= 1:
-            if not self._settled:
-                self._settled = True
-                self.converged_log.append((since, now_ms, len(replicas)))
-                self.bytes_log.append(self.meter() if self.meter is not None else 0)
-            self._next_scan_ms = now_ms + SETTLED_SCAN_MS
+
+        def settled(since: int) -> None:
+            self.converged_log.append((since, now_ms, len(replicas)))
+            self.bytes_log.append(self.meter() if self.meter is not None else 0)
+
+        if not self._overdue(len(digests) <= 1, now_ms, settled):
             return None
-        if self._settled:
-            # Diverged again with no write and no fault: that is a replication bug too; give it the bound.
-            self._settled = False
-            self._since = since = now_ms
-        if now_ms - since <= self.bound_ms:
-            return None
+        since = self._since
         return (f"{len(replicas)} live replicas hold {len(digests)} different states {now_ms - since} ms after "
                 f"the last write/fault/membership convergence at {since} ms (bound {self.bound_ms} ms): "
                 + "; ".join(_differences(world, replicas)))
@@ -205,7 +227,7 @@ class NameLeaseUnique:
                 f"until {held.expires_ms} ms (lease epochs {held.epoch}, {grant.epoch}); {len(doubles)} such grant(s)")
 
 
-class RegistryConverged:
+class RegistryConverged(_ConvergenceClock):
     """Every live node's registry shows exactly the agents hosted on running nodes, within `bound_ms`
     of the latest of: the last registration change, the last fault, membership convergence."""
 
@@ -214,22 +236,17 @@ class RegistryConverged:
     def __init__(self, bound_ms: int, log: RegistryLog) -> None:
         if bound_ms <= 0:
             raise ValueError("bound_ms must be positive")
-        self.bound_ms = bound_ms
+        super().__init__(bound_ms)
         self.log = log
         self.converged_log: list[tuple[int, int]] = []
         """(since, converged at) per quiet period in which every view matched."""
-        self._since = -1
-        self._settled = False
-        self._next_scan_ms = 0
 
     def check(self, world: World, now_ms: int, final: bool) -> str | None:
         if not world.quiet or world.converged_at_ms is None:
-            self._since = -1
+            self._stop_clock()
             return None
         since = max(self.log.last_op_ms, world.quiet_since_ms, world.converged_at_ms)
-        if since != self._since:
-            self._since, self._settled = since, False
-        if self._settled and now_ms < self._next_scan_ms and not final:
+        if not self._scan_due(since, now_ms, final):
             return None
         registries = [(n, n.core.registry) for n in world.nodes  # type: ignore[union-attr]
                       if n.healthy and getattr(n.core, "registry", None) is not None]
@@ -241,17 +258,9 @@ class RegistryConverged:
                 missing = sorted(set(truth) - set(view))
                 extra = sorted(set(view) - set(truth))
                 wrong.append(f"{node.node_id} misses {missing[:3]} and shows {extra[:3]}")
-        if not wrong:
-            if not self._settled:
-                self._settled = True
-                self.converged_log.append((since, now_ms))
-            self._next_scan_ms = now_ms + SETTLED_SCAN_MS
+        if not self._overdue(not wrong, now_ms, lambda since: self.converged_log.append((since, now_ms))):
             return None
-        if self._settled:
-            self._settled = False
-            self._since = since = now_ms
-        if now_ms - since <= self.bound_ms:
-            return None
+        since = self._since
         return (f"{len(wrong)} of {len(registries)} registries differ from the {len(truth)} agents hosted on running "
                 f"nodes {now_ms - since} ms after {since} ms (bound {self.bound_ms} ms): " + "; ".join(wrong[:DETAILS_MAX]))
 
