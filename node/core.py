@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import heapq
 import random
-import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from agentnode.membership import (
     TIMEOUT,
     Awareness,
     Member,
+    MemberInterner,
     MemberRecord,
     ProbeOrder,
     Suspicion,
@@ -172,6 +172,7 @@ class NodeCore:
         rng: random.Random,
         incarnation: int = 0,
         metadata: Mapping[str, str] | None = None,
+        interner: MemberInterner | None = None,
     ) -> None:
         if not isinstance(node_id, str) or not 0 < len(node_id) <= MAX_ID_CHARS:
             raise ValueError(f"node_id must be a non-empty string of at most {MAX_ID_CHARS} characters")
@@ -183,6 +184,8 @@ class NodeCore:
             raise ValueError("incarnation must be a non-negative int (pass the value the runtime persisted)")
         if not isinstance(rng, random.Random):
             raise ValueError("rng must be a random.Random (seeded by the caller)")
+        if interner is not None and not isinstance(interner, MemberInterner):
+            raise ValueError("interner must be an agentnode.membership.MemberInterner (or None for a private one)")
         meta = dict(metadata or {})
         if len(meta) > MAX_METADATA_ENTRIES or any(
             not isinstance(k, str) or not isinstance(v, str) or len(k) > MAX_METADATA_CHARS or len(v) > MAX_METADATA_CHARS
@@ -197,12 +200,20 @@ class NodeCore:
         self.profile = profile
         self._rng = rng
         self._metadata = meta
-        self._me = MemberRecord(node_id, address, ALIVE, incarnation, meta, 0)
+        self._interner = interner if interner is not None else MemberInterner()
+        self._me = MemberRecord(node_id, address, ALIVE, incarnation, meta)
+        """Our own record: private (never interned), so the only record the core changes in place."""
         self._members: dict[str, MemberRecord] = {node_id: self._me}
+        """Member id -> its record. Records are shared and immutable (decision 0059): a change stores a new one."""
+        self._since: dict[str, int] = {}
+        """Dead or departed member -> when it entered that state here (reaping); nothing for live ones."""
+        self._suspicions: dict[str, Suspicion] = {}
+        """Suspect member -> its suspicion timer here; exactly the members in state suspect."""
         self._live: list[str] = []
         """Live members (alive or suspect) plus departed ones not yet compacted out; see `_live_add`."""
         self._live_count = 0
-        self._live_stale = 0
+        self._stale: dict[str, None] = {}
+        """Departed members whose ids are still in the live list, awaiting compaction."""
         self._gone_order: list[str] = []
         self._gone_next = 0
         self._by_address: dict[str, str] = {}
@@ -274,7 +285,6 @@ class NodeCore:
         if self._started:
             raise RuntimeError("NodeCore.start() was already called")
         self._started = True
-        self._me.state_since_ms = now_ms
         p = self.profile
         self._next_probe_ms = now_ms + self._rng.randrange(p.probe_interval_ms)
         self._next_gossip_ms = now_ms
@@ -283,6 +293,7 @@ class NodeCore:
         self._next_recontact_ms = now_ms + p.seed_recontact_interval_ms
         self._enqueue(self._self_alive())
         if self._seeds:
+            self._seed_cursor = self._rng.randrange(len(self._seeds))  # joiners spread over the seeds
             self._next_seed_ms = now_ms
             self._seed_tick(now_ms)
 
@@ -302,9 +313,16 @@ class NodeCore:
             self._index_seed_addresses(fresh)
         if not self._started or self._leaving:
             return
-        for address in fresh[:MAX_SEED_CONTACTS_PER_TICK]:
-            if not self._address_live(address):
-                self._contact_seed(address, now_ms)
+        if not self._live_count:
+            if fresh:
+                # Alone: join through one seed, picked at random so joiners spread over the seeds; the
+                # seed tick tries the next one if no reply came (decision 0059).
+                self._seed_cursor = self._rng.randrange(len(self._seeds))
+                self._join()
+        else:
+            for address in fresh[:MAX_SEED_CONTACTS_PER_TICK]:
+                if not self._address_live(address):
+                    self._contact_seed(address, now_ms)
         if self._next_seed_ms is None:
             self._next_seed_ms = now_ms + self._join_backoff_ms
 
@@ -408,7 +426,6 @@ class NodeCore:
         self._leaving = True
         me = self._me
         me.state = LEFT
-        me.state_since_ms = now_ms
         self._probe = None
         update = Update(KIND_LEFT, self.node_id, me.incarnation, self.address, self.node_id, None)
         self._enqueue(update)
@@ -530,7 +547,15 @@ class NodeCore:
     # ------------------------------------------------------------------ state machine
 
     def _apply_all(self, updates: tuple[Update, ...], sender: str, now_ms: int) -> None:
+        members = self._members
+        me = self._me
         for update in updates:
+            rec = members.get(update.node_id)
+            # Old news (nearly every gossip copy while a big cluster joins): the test `_apply` starts
+            # with, done here without the call. Not for our own id: `_about_me` answers stale rumours.
+            if (rec is not None and rec is not me and (update.incarnation < rec.incarnation or (
+                    update.incarnation == rec.incarnation and update.kind == KIND_ALIVE))):
+                continue
             self._apply(update, sender, now_ms)
 
     def _merge(self, states: tuple[Update, ...], sender: str, now_ms: int, join: bool = False) -> None:
@@ -585,10 +610,10 @@ class NodeCore:
                 self._counters["updates_unknown_member"] += 1
             return
         if u.incarnation < rec.incarnation or (u.incarnation == rec.incarnation and kind == KIND_ALIVE):
-            return  # old news, ignored by every rule below (also tested in `_merge`, keep in step)
-        if (kind == KIND_DEAD and rec.state == SUSPECT and u.incarnation == rec.incarnation
-                and rec.suspicion is not None and len(rec.suspicion.accusers) == 1
-                and (u.origin or sender) in rec.suspicion.accusers):
+            return  # old news, ignored by every rule below (also tested in `_merge` and `_apply_all`, keep in step)
+        suspicion = self._suspicions.get(node_id) if rec.state == SUSPECT else None
+        if (kind == KIND_DEAD and suspicion is not None and u.incarnation == rec.incarnation
+                and len(suspicion.accusers) == 1 and (u.origin or sender) in suspicion.accusers):
             # Our suspicion is nothing but this node's accusation (often its earlier copy of this very
             # verdict, turned into a suspicion below): a second copy of one rumour is no evidence, and
             # accepting it would undo that rule within one gossip round. With any other accuser (our
@@ -601,7 +626,6 @@ class NodeCore:
             u = Update(KIND_SUSPECT, node_id, u.incarnation, u.address, u.origin or sender, None)
             kind = KIND_SUSPECT
         if kind == KIND_SUSPECT and rec.state == SUSPECT and u.incarnation == rec.incarnation:
-            suspicion = rec.suspicion
             if suspicion is not None and suspicion.confirm(u.origin or sender):
                 self._counters["confirmations"] += 1
                 self._push_timer(suspicion.deadline_ms, _TIMER_SUSPICION, node_id)
@@ -614,20 +638,22 @@ class NodeCore:
         new_state, event_type = result
         self._counters["updates_applied"] += 1
         old_state = rec.state
-        rec.incarnation = u.incarnation
+        address, metadata = rec.address, rec.metadata
         if kind == KIND_ALIVE:
-            changed = u.address != rec.address or (u.metadata is not None and u.metadata != rec.metadata)
-            if u.address and u.address != rec.address:
-                self._set_address(rec, u.address)
+            changed = u.address != address or (u.metadata is not None and u.metadata != metadata)
+            if u.address and u.address != address:
+                address = u.address
             if u.metadata is not None:
-                rec.metadata = u.metadata
+                metadata = u.metadata
             if old_state == ALIVE:
+                rec = self._replace(rec, ALIVE, u.incarnation, address, metadata)
                 if changed:
                     self._emit(ev.MemberUpdated(node_id, rec.address, rec.incarnation, dict(rec.metadata)))
                 if gossip:
                     self._enqueue(u)
                 return
-        self._set_state(rec, new_state, u.origin or sender, now_ms)
+        rec = self._replace(rec, old_state, u.incarnation, address, metadata)
+        rec = self._set_state(rec, new_state, u.origin or sender, now_ms)
         if event_type is ev.MemberAlive:
             self._emit(ev.MemberAlive(node_id, rec.address, rec.incarnation, old_state))
         elif event_type is ev.MemberSuspected:
@@ -666,10 +692,29 @@ class NodeCore:
         if accuser is not None and accuser.state in _LIVE:
             self._send(accuser.address, accuser.node_id, Gossip((alive,)))
 
-    def _set_state(self, rec: MemberRecord, new_state: str, accuser: str, now_ms: int) -> None:
+    def _replace(self, rec: MemberRecord, state: str, incarnation: int, address: str,
+                 metadata: Mapping[str, str] | None) -> MemberRecord:
+        """Store the (shared) record with these fields in place of `rec`; keeps the seed address index."""
+        new = self._interner.record(rec.node_id, address, state, incarnation, metadata)
+        self._members[rec.node_id] = new
+        if new.address != rec.address:
+            by_address = self._by_address
+            if by_address.get(rec.address) == rec.node_id:
+                del by_address[rec.address]
+            if new.address in self._seeds:
+                by_address[new.address] = rec.node_id
+        return new
+
+    def _set_state(self, rec: MemberRecord, new_state: str, accuser: str, now_ms: int) -> MemberRecord:
+        """Move `rec` to `new_state`; returns the record now held (records are replaced, never changed)."""
         old_state = rec.state
-        rec.state = new_state
-        rec.state_since_ms = now_ms
+        node_id = rec.node_id
+        if old_state != new_state:
+            rec = self._replace(rec, new_state, rec.incarnation, rec.address, rec.metadata)
+        if new_state == DEAD or new_state == LEFT:
+            self._since[node_id] = now_ms
+        else:
+            self._since.pop(node_id, None)
         was_live = old_state == ALIVE or old_state == SUSPECT
         is_live = new_state == ALIVE or new_state == SUSPECT
         if was_live and not is_live:
@@ -682,19 +727,20 @@ class NodeCore:
             if self._resize_due:
                 self._resize()
             s = Suspicion(rec.incarnation, accuser, self._k, self._susp_min_ms, self._susp_max_ms, now_ms)
-            rec.suspicion = s
+            self._suspicions[node_id] = s
             self._push_timer(s.deadline_ms, _TIMER_SUSPICION, rec.node_id)
             if accuser != self.node_id and len(self._to_check) < MAX_SUSPECTS_TO_CHECK:
                 # Probe it next period: a live suspect hears the suspicion on our ping and refutes to us
                 # directly; a dead one gives an independent Lifeguard confirmation. No extra messages.
                 self._to_check[rec.node_id] = None
         else:
-            rec.suspicion = None
+            self._suspicions.pop(node_id, None)
+        return rec
 
     def _add_alive(self, u: Update, now_ms: int, gossip: bool) -> None:
-        # Ids and addresses are interned: every core in a process (the simulator runs thousands) then
-        # shares one copy of each string instead of holding its own decoded copy per member.
-        rec = MemberRecord(_intern(u.node_id), _intern(u.address), ALIVE, u.incarnation, u.metadata, now_ms)
+        # Records come from the interner: every core in a process (the simulator runs thousands) then
+        # shares one record (and one copy of its strings) instead of holding its own per member.
+        rec = self._interner.record(u.node_id, u.address, ALIVE, u.incarnation, u.metadata)
         self._members[rec.node_id] = rec
         if rec.address in self._seeds:
             self._by_address[rec.address] = rec.node_id
@@ -705,26 +751,20 @@ class NodeCore:
             self._enqueue(u)
 
     def _add_gone(self, u: Update, state: str, now_ms: int) -> None:
-        rec = MemberRecord(_intern(u.node_id), _intern(u.address), state, u.incarnation, None, now_ms)
+        rec = self._interner.record(u.node_id, u.address, state, u.incarnation, None)
         self._members[rec.node_id] = rec
+        self._since[rec.node_id] = now_ms
         if rec.address in self._seeds and rec.address not in self._by_address:
             self._by_address[rec.address] = rec.node_id
         self._gone_order.append(rec.node_id)
 
-    def _set_address(self, rec: MemberRecord, address: str) -> None:
-        if self._by_address.get(rec.address) == rec.node_id:
-            del self._by_address[rec.address]
-        rec.address = _intern(address)
-        if address in self._seeds:
-            self._by_address[rec.address] = rec.node_id
-
     def _suspicion_timeout(self, node_id: str, deadline: int, now_ms: int) -> None:
         rec = self._members.get(node_id)
-        if rec is None or rec.suspicion is None or rec.suspicion.deadline_ms != deadline:
+        s = self._suspicions.get(node_id)
+        if rec is None or s is None or s.deadline_ms != deadline:
             return
         if transition(rec.state, TIMEOUT, rec.incarnation, rec.incarnation) is None:
             return
-        s = rec.suspicion
         score = self._awareness.score
         in_contact = s.rechecks == 0 or self._heard_ms > s.rechecked_ms
         if score and in_contact and s.confirmations < s.k and s.rechecks < MAX_SUSPICION_RECHECKS and not self._leaving:
@@ -750,9 +790,10 @@ class NodeCore:
     def _declare_dead(self, rec: MemberRecord, now_ms: int) -> None:
         """Our own verdict on a suspect whose timer ran out (or whose re-check probe failed)."""
         node_id = rec.node_id
-        if rec.suspicion is not None and rec.suspicion.confirmations < rec.suspicion.k:
+        s = self._suspicions.get(node_id)
+        if s is not None and s.confirmations < s.k:
             self._counters["degraded_timeouts"] += 1  # memberlist.degraded.timeout
-        self._set_state(rec, DEAD, self.node_id, now_ms)
+        rec = self._set_state(rec, DEAD, self.node_id, now_ms)
         self._counters["members_failed"] += 1
         self._emit(ev.MemberFailed(node_id, rec.incarnation))
         self._enqueue(Update(KIND_DEAD, node_id, rec.incarnation, rec.address, self.node_id, None))
@@ -768,7 +809,8 @@ class NodeCore:
             node_id = next(iter(self._recheck))
             del self._recheck[node_id]
             rec = self._members.get(node_id)
-            if rec is not None and rec.state == SUSPECT and rec.suspicion is not None and rec.suspicion.rechecks:
+            s = self._suspicions.get(node_id)
+            if rec is not None and rec.state == SUSPECT and s is not None and s.rechecks:
                 target = node_id
                 break
         # Alternate suspect checks with round robin, so the SWIM time bound on probing everyone holds.
@@ -779,7 +821,7 @@ class NodeCore:
             node_id = next(iter(self._to_check))
             del self._to_check[node_id]
             rec = self._members.get(node_id)
-            s = rec.suspicion if rec is not None and rec.state == SUSPECT else None
+            s = self._suspicions.get(node_id) if rec is not None and rec.state == SUSPECT else None
             if s is not None and s.confirmations < s.k and self.node_id not in s.accusers:
                 target = node_id
                 self._checked_last = True
@@ -821,7 +863,9 @@ class NodeCore:
             return
         update = Update(KIND_SUSPECT, rec.node_id, rec.incarnation, rec.address, self.node_id, None)
         self._apply(update, self.node_id, now_ms)
-        if rec.state == SUSPECT and rec.suspicion is not None and rec.suspicion.rechecks:
+        rec = self._members[probe.target]  # `_apply` stored a new record if the state changed
+        s = self._suspicions.get(rec.node_id)
+        if rec.state == SUSPECT and s is not None and s.rechecks:
             # Its timer already ran out and this was (or counts as) the re-check: declare it if our
             # health is back; otherwise the probe may have straddled a heal, so the timer decides (0044).
             if not self._awareness.score:
@@ -845,7 +889,8 @@ class NodeCore:
         if rec.state == DEAD:
             update = Update(KIND_DEAD, rec.node_id, rec.incarnation, rec.address, self.node_id, None)
         else:
-            accuser = next(iter(rec.suspicion.accusers)) if rec.suspicion is not None else self.node_id
+            s = self._suspicions.get(rec.node_id)
+            accuser = next(iter(s.accusers)) if s is not None else self.node_id
             update = Update(KIND_SUSPECT, rec.node_id, rec.incarnation, rec.address, accuser, None)
         self._send(rec.address, rec.node_id, Gossip((update,)))
 
@@ -901,7 +946,7 @@ class NodeCore:
             rec = self._members.get(node_id)
             if rec is None or rec.state in _LIVE:
                 continue
-            age = now_ms - rec.state_since_ms
+            age = now_ms - self._since[node_id]
             if age >= (p.dead_reap_ms if rec.state == DEAD else p.left_reap_ms):
                 self._reap(rec)
                 continue
@@ -919,7 +964,8 @@ class NodeCore:
         p = self.profile
         alone = not self._live_count
         if alone:
-            targets = list(self._seeds)
+            targets: list[str] = []
+            self._join()  # one seed per attempt, the next one in turn (decision 0059)
             self._next_seed_ms = now_ms + self._join_backoff_ms
             self._join_backoff_ms = min(self._join_backoff_ms * 2, p.seed_interval_ms)
         else:
@@ -937,6 +983,23 @@ class NodeCore:
             self._next_recontact_ms = now_ms + p.seed_recontact_interval_ms
             seeds = list(self._seeds)
             self._send_push_pull(seeds[self._rng.randrange(len(seeds))], None, join=False)
+
+    def _join(self) -> None:
+        """Alone: a join push-pull to the next seed in turn, and our alive to a few other seeds.
+
+        Any one seed's reply is a join; each further reply cost the joiner a merge of the whole cluster
+        (at N = 1000, a third of all full-state entries a join phase handles). The other seeds still
+        hear of us at once and gossip it, so the cluster learns the joiner as fast (decision 0059).
+        """
+        seeds = list(self._seeds)
+        first = self._seed_cursor % len(seeds)
+        self._seed_cursor += 1
+        self._send_push_pull(seeds[first], None, join=True)
+        others = seeds[first + 1:] + seeds[:first]
+        if others:
+            announce = Gossip((self._self_alive(),))
+            for address in others[:MAX_SEED_CONTACTS_PER_TICK - 1]:
+                self._send(address, None, announce)
 
     def _contact_seed(self, address: str, now_ms: int) -> None:
         if not self._live_count:
@@ -969,9 +1032,10 @@ class NodeCore:
             self._resize()
         updates = self._queue.take(self.profile.max_piggyback_updates)
         rec = self._members.get(target)
-        if rec is not None and rec.state == SUSPECT and rec.suspicion is not None:
+        s = self._suspicions.get(target) if rec is not None and rec.state == SUSPECT else None
+        if s is not None:
             # Lifeguard buddy system: a probe of a suspect always carries its suspicion.
-            accuser = next(iter(rec.suspicion.accusers))
+            accuser = next(iter(s.accusers))
             updates = updates + (Update(KIND_SUSPECT, target, rec.incarnation, rec.address, accuser, None),)
         return updates
 
@@ -979,9 +1043,8 @@ class NodeCore:
         queue = self._queue
         before = queue.dropped
         # A queued update outlives the frame it came in (up to `broadcast_queue_max` per node while a
-        # big cluster joins): hold interned strings, not the frame's decoded copies.
-        kind, node_id, incarnation, address, origin, metadata = update
-        queue.enqueue(_new_update(Update, (kind, _intern(node_id), incarnation, _intern(address), _intern(origin), metadata)))
+        # big cluster joins): hold the interner's shared copy, not the frame's decoded one.
+        queue.enqueue(self._interner.update(update))
         if queue.dropped != before:
             self._counters["updates_dropped"] += 1
 
@@ -1025,8 +1088,8 @@ class NodeCore:
     def _timer_stale(self, entry: tuple[int, int, int, Any]) -> bool:
         deadline, _, kind, key = entry
         if kind == _TIMER_SUSPICION:
-            rec = self._members.get(key)
-            return rec is None or rec.suspicion is None or rec.suspicion.deadline_ms != deadline
+            s = self._suspicions.get(key)
+            return s is None or s.deadline_ms != deadline
         relay = self._relays.get(key)
         return relay is None or relay.deadline_ms != deadline
 
@@ -1079,10 +1142,9 @@ class NodeCore:
         """`rec` became alive or suspect. The live list keeps departed members until compaction (no
         per-member position index: that dict cost ~75 bytes per member per node)."""
         self._live_count += 1
-        if rec.listed:
-            self._live_stale -= 1
+        if rec.node_id in self._stale:
+            del self._stale[rec.node_id]
         else:
-            rec.listed = True
             self._live.append(rec.node_id)
         self._order.add(rec.node_id)
         self._resize_due = True
@@ -1090,14 +1152,14 @@ class NodeCore:
     def _live_remove(self, rec: MemberRecord) -> None:
         """`rec` is no longer alive or suspect; its list entry goes stale until the next compaction."""
         self._live_count -= 1
-        self._live_stale += 1
-        if self._live_stale > LIVE_STALE_MIN and self._live_stale > self._live_count:
+        self._stale[rec.node_id] = None
+        if len(self._stale) > LIVE_STALE_MIN and len(self._stale) > self._live_count:
             self._compact_live()
         self._resize_due = True
 
     def _live_members(self) -> list[str]:
         """The live list without departed entries."""
-        if self._live_stale:
+        if self._stale:
             self._compact_live()
         return self._live
 
@@ -1110,10 +1172,8 @@ class NodeCore:
                 continue
             if rec.state == ALIVE or rec.state == SUSPECT:
                 kept.append(node_id)
-            else:
-                rec.listed = False
         self._live = kept
-        self._live_stale = 0
+        self._stale = {}
 
     def _address_live(self, address: str) -> bool:
         # A seed's alias may name a sender that was never admitted, or one reaped since: not live.
@@ -1133,7 +1193,8 @@ class NodeCore:
 
     def _reap(self, rec: MemberRecord) -> None:
         del self._members[rec.node_id]
-        if rec.listed:
+        self._since.pop(rec.node_id, None)
+        if rec.node_id in self._stale:
             # Its stale live-list entry must go before a new record under the same id could be listed.
             self._compact_live()
         self._notified_ms.pop(rec.node_id, None)
@@ -1161,6 +1222,5 @@ class NodeCore:
         self._queue.set_limit(retransmit_limit(p.retransmit_mult, max(n, len(self._members))))
 
 
-_intern = sys.intern
 _new_update = tuple.__new__
 """Builds an `Update` from a 6-tuple without the named tuple's Python-level constructor."""

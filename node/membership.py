@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from agentnode import events as ev
 from agentnode.messages import KIND_ALIVE, KIND_DEAD, KIND_LEFT, KIND_SUSPECT
@@ -28,6 +30,7 @@ __all__ = [
     "TRANSITIONS",
     "Awareness",
     "Member",
+    "MemberInterner",
     "MemberRecord",
     "ProbeOrder",
     "Suspicion",
@@ -120,25 +123,76 @@ class Member:
 
 
 class MemberRecord:
-    """The mutable table row behind `Member` (a slotted class: one per member, touched per message)."""
+    """One member's fields as some node holds them: treated as immutable once built, and replaced on
+    any change (decision 0059). Equal records are shared through a `MemberInterner`, so thousands of
+    simulated cores hold one record per (member, state, incarnation) instead of one per observer; what
+    only one observer knows (when a state began, its suspicion timer) lives in that core's side tables.
+    """
 
-    __slots__ = ("node_id", "address", "state", "incarnation", "metadata", "state_since_ms", "suspicion", "listed")
+    __slots__ = ("node_id", "address", "state", "incarnation", "metadata")
 
     def __init__(self, node_id: str, address: str, state: str, incarnation: int,
-                 metadata: Mapping[str, str] | None, now_ms: int) -> None:
+                 metadata: Mapping[str, str] | None = None, now_ms: int = 0) -> None:
+        # `now_ms` is accepted for callers written before 0059 and ignored: timing is per observer.
         self.node_id = node_id
         self.address = address
         self.state = state
         self.incarnation = incarnation
-        self.metadata: Mapping[str, str] = metadata if metadata is not None else {}
-        self.state_since_ms = now_ms
-        self.suspicion: Suspicion | None = None
-        self.listed = False
-        """Whether its id is in the core's live list (possibly as a stale entry awaiting compaction)."""
+        self.metadata: Mapping[str, str] = metadata if metadata is not None else _NO_METADATA
 
     def snapshot(self) -> Member:
         """A frozen copy."""
         return Member(self.node_id, self.address, self.state, self.incarnation, dict(self.metadata))
+
+
+_NO_METADATA: Mapping[str, str] = {}
+"""The one empty metadata map records share (never mutated)."""
+
+MEMBER_INTERNER_MAX = 1 << 20
+"""Distinct records an interner remembers; when full it starts afresh (held records stay valid, only
+sharing with later ones is lost). ~200 bytes each: ~200 MB at the bound."""
+
+
+class MemberInterner:
+    """Shares equal `MemberRecord`s and queued gossip `Update`s between the cores given the same one.
+
+    The simulator gives one interner to all its cores (10,000 cores x 10,000 members would otherwise
+    hold 10^8 records); a production node gets a private one. Sharing is safe because the core never
+    mutates a record it got from here. Sized by `MEMBER_INTERNER_MAX`, never unbounded.
+    """
+
+    __slots__ = ("_records", "_updates", "_max")
+
+    def __init__(self, max_entries: int = MEMBER_INTERNER_MAX) -> None:
+        self._records: dict[tuple[Any, ...], MemberRecord] = {}
+        self._updates: dict[tuple[Any, ...], Any] = {}
+        self._max = max_entries
+
+    def record(self, node_id: str, address: str, state: str, incarnation: int,
+               metadata: Mapping[str, str] | None) -> MemberRecord:
+        """The shared record with these fields (ids and addresses are `sys.intern`ed)."""
+        key = (node_id, incarnation, state, address, tuple(metadata.items()) if metadata else ())
+        rec = self._records.get(key)
+        if rec is None:
+            if len(self._records) >= self._max:
+                self._records = {}
+            rec = MemberRecord(_intern(node_id), _intern(address), state, incarnation,
+                               metadata if metadata else None)
+            self._records[key] = rec
+        return rec
+
+    def update(self, update: Any) -> Any:
+        """The shared copy of a gossip `Update` (a 6-tuple whose last field is metadata or None)."""
+        kind, node_id, incarnation, address, origin, metadata = update
+        key = (kind, node_id, incarnation, address, origin, None if metadata is None else tuple(metadata.items()))
+        shared = self._updates.get(key)
+        if shared is None:
+            if len(self._updates) >= self._max:
+                self._updates = {}
+            shared = tuple.__new__(type(update), (kind, _intern(node_id), incarnation, _intern(address),
+                                                  _intern(origin), metadata))
+            self._updates[key] = shared
+        return shared
 
 
 class Suspicion:
@@ -248,3 +302,6 @@ class ProbeOrder:
             self._rng.shuffle(self._order)
             self._next = 0
         return None
+
+
+_intern = sys.intern

@@ -32,7 +32,9 @@ def test_state_partition_converges_on_the_real_cores_and_replays() -> None:
     keys = replicas[0].store.keys()
     assert len(keys) == 20
     for key in keys:
-        assert len({repr(r.value(key)) for r in replicas}) == 1
+        # Compared by value: the repr of a set depends on insertion order and the hash seed.
+        first = replicas[0].value(key)
+        assert all(r.value(key) == first for r in replicas), key
     again = run(spec)
     assert again.digest == result.digest
 
