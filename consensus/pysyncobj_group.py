@@ -160,6 +160,8 @@ class RaftStats:
     handler_errors: int = 0
     """pysyncobj raised while handling a valid-looking frame; dropped."""
     tick_errors: int = 0
+    commit_steps: int = 0
+    """Acknowledgements that ran only the commit-and-apply part of a tick (decision 0037)."""
     bad_entries: int = 0
     """Committed entries that did not decode (cannot happen unless files are corrupt)."""
     snapshot_bytes_refused: int = 0
@@ -497,7 +499,8 @@ class PySyncObjGroup:
                 raise NotLeader(self._leader_id())
             fut: asyncio.Future[tuple[Any, int]] = loop.create_future()
             self._pending.add(fut)
-            syncobj.apply_entry(payload, callback=self._bridge(fut))
+            # What `syncobj.apply_entry(payload, callback=...)` queues, without its pickle.dumps.
+            syncobj._applyCommand(self.cache.own_command(payload), self._bridge(fut))
             self._submit_soon()
             try:
                 result, error = await self._settled(fut)
@@ -600,10 +603,38 @@ class PySyncObjGroup:
             self._last_heard[voter_id] = self._loop.time()
             # Right here, not a loop turn later: the acknowledgement leaves at once, and the tick
             # that commits runs while the frame that allows it is being handled.
-            if self._tick_helps(message):
+            if self._may_commit(message):
+                self._commit_step()
+            elif self._tick_helps(message):
                 self.do_tick()
             else:
                 self._flush()
+
+    def _may_commit(self, message: dict[str, Any]) -> bool:
+        """A leader's successful acknowledgement above the commit index: it may commit entries."""
+        syncobj = self._syncobj
+        return (message["type"] == "next_node_idx" and message["success"] and not message["reset"]
+                and message["next_node_idx"] - 1 > syncobj.raftCommitIndex and syncobj._isLeader())  # type: ignore[union-attr]
+
+    def _commit_step(self) -> None:
+        """Of a whole pysyncobj tick, only what such an acknowledgement makes useful (decision 0037):
+        advance the commit index, apply what it covers (the waiters' results) and let pysyncobj
+        send (or, decision 0036, owe) the commit notice. The rest of the tick (elections, the
+        leader's step-down check, heartbeats, compaction) has nothing new to do because of an
+        acknowledgement and runs at the idle tick, as before. About 20 µs less between a
+        majority's acknowledgement and the waiter's wake-up on the leader.
+        """
+        syncobj = self._syncobj
+        assert syncobj is not None
+        try:
+            _advance_commit_index(syncobj)
+            if syncobj._SyncObj__applyLogEntries():
+                syncobj._SyncObj__sendAppendEntries()  # the instance attribute: `_send_entries_or_defer`
+        except Exception:
+            self.stats.tick_errors += 1
+            log.exception("raft: committing after an acknowledgement failed")
+        self.stats.commit_steps += 1
+        self._flush()
 
     def _tick_helps(self, message: dict[str, Any]) -> bool:
         """Whether a tick right after this frame can do anything the idle tick should not wait for.
@@ -849,6 +880,34 @@ class PySyncObjGroup:
             raise SnapshotError(f"dump {path}: bad voter list")
         self.state.restore(doc["state"])  # raises SnapshotError and keeps the old state if invalid
         return entries[0], entries[1], [Node(v) for v in voters]
+
+
+def _advance_commit_index(syncobj: Any) -> None:
+    """The leader block of pysyncobj 0.3.17's `_onTick`, without its step-down check: the highest
+    index of the current term stored on a majority becomes the commit index (Raft paper §5.3 and
+    §5.4.2: entries of older terms are committed only through one of the current term)."""
+    commit = syncobj._SyncObj__raftCommitIndex
+    next_commit = commit
+    last = syncobj._SyncObj__getCurrentLogIndex()
+    match = syncobj._SyncObj__raftMatchIndex
+    others = syncobj._SyncObj__otherNodes
+    term = syncobj._SyncObj__raftCurrentTerm
+    while commit < last:
+        commit += 1
+        count = 1
+        for node in others:
+            if match[node] >= commit:
+                count += 1
+        if count <= (len(others) + 1) / 2:
+            break
+        entries = syncobj._SyncObj__getEntries(commit, 1)
+        if not entries or entries[0][2] != term:
+            continue
+        next_commit = commit
+    if syncobj._SyncObj__raftCommitIndex != next_commit:
+        syncobj._SyncObj__raftCommitIndex = next_commit
+        syncobj._SyncObj__raftLog.setRaftCommitIndex(next_commit)
+    syncobj._SyncObj__leaderCommitIndex = syncobj._SyncObj__raftCommitIndex
 
 
 def _only_commit_notice(syncobj: Any) -> bool:

@@ -104,6 +104,21 @@ class CommandWireCache:
         decoded = self._entries.get(payload)  # kept, not popped: equal payloads (same command, same ms) recur
         return decode_entry(payload) if decoded is None else decoded
 
+    def own_command(self, payload: bytes) -> bytes:
+        """The log command for this node's own entry `payload`, ready for pysyncobj's command queue.
+
+        Byte for byte what the replica's `@replicated apply_entry(payload)` queues (pickle protocol 2
+        of ``(_APPLY_FUNC_ID, (payload,))`` after the REGULAR type byte), built from the template
+        instead of `pickle.dumps`, and its wire form remembered, so encoding the append_entries
+        that carries it does not parse the pickle back (decision 0037).
+        """
+        command = _regular_command(payload)
+        if command not in self._wire:
+            if len(self._wire) >= self._size_max:
+                del self._wire[next(iter(self._wire))]
+            self._wire[command] = ["R", payload]
+        return command
+
     def to_wire(self, command: bytes) -> list[Any]:
         """Same as `command_to_wire`; do not mutate the returned list."""
         key = bytes(command) if isinstance(command, bytearray) else command

@@ -60,6 +60,7 @@ from agentnode.consensus.state_machine import (
 )
 from agentnode.messages import PROTOCOL_VERSION
 from agentnode.transport.base import Address
+from agentnode.transport.connections import write_promptly
 
 __all__ = [
     "RAFT_FRAME_TYPE",
@@ -359,7 +360,10 @@ class _NodeLink:
         self.receiver: RaftReceiver | None = None
 
     def send(self, voter_id: str, data: bytes) -> None:
-        self._service._send_to(voter_id, [K_PEER, data])
+        # Written before the loop polls again (decision 0037): a leader's entries must not wait
+        # behind the other follower's acknowledgement that the poll would hand us first.
+        with write_promptly():
+            self._service._send_to(voter_id, [K_PEER, data])
 
     def set_receiver(self, receiver: RaftReceiver | None) -> None:
         self.receiver = receiver

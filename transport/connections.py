@@ -9,6 +9,8 @@ callbacks to the returned `Connection`. Everything else lives here:
 * write coalescing: a flush is scheduled with `call_soon` when frames are queued, so it runs as
   soon as the loop goes idle, and writes up to `coalesce_frames_max` frames (or
   `coalesce_bytes_max`) with one `write`; the stream's pause/resume_writing stops and restarts it;
+  replies queued while a peer's frames are delivered are written when the delivery ends, and
+  frames queued inside `write_promptly()` when that block ends (latency-critical senders);
 * one connection per peer: inbound connections are reused for sending; if both sides dialled at
   once, the connection initiated by the smaller node id wins (the same answer on both sides);
   between two connections from the same initiator the newer wins (the older is probably dead);
@@ -23,6 +25,7 @@ callbacks to the returned `Connection`. Everything else lives here:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -34,7 +37,7 @@ import msgpack
 from agentnode.transport.base import Address, BackpressureError, FrameHandler, PeerRefused, TransportStats
 from agentnode.transport.framing import DEFAULT_MAX_FRAME_BYTES, ControlFrame, FrameDecoder, FrameError, FrameTooLarge, encode_control
 
-__all__ = ["Connection", "ConnectionManager", "Dialer", "Stream", "TransportConfig"]
+__all__ = ["Connection", "ConnectionManager", "Dialer", "Stream", "TransportConfig", "write_promptly"]
 
 logger = logging.getLogger("agentnode.transport")
 
@@ -96,6 +99,40 @@ Dialer = Callable[[Address, "str | None"], Awaitable[tuple[Stream, str, Callable
 function that binds the stream's callbacks to the `Connection`. Raise `PeerRefused` for identity
 failures and `OSError`/`TimeoutError` for the rest."""
 
+_PROMPT: contextvars.ContextVar[list[Connection] | None] = contextvars.ContextVar("agentnode_transport_prompt", default=None)
+"""Connections with frames queued inside the innermost open `write_promptly()` block of this context."""
+
+
+class write_promptly:  # noqa: N801 (used like a function: `with write_promptly():`)
+    """Write the frames sent inside this block when it ends, in the same callback, not a loop turn later.
+
+    For latency-critical senders on a request/response path (a Raft leader's entries, a reply made
+    outside a delivery): the frames leave before the loop polls again, so whatever else is ready
+    (other peers' frames, other tasks) cannot delay them. Frames sent to one peer inside the block
+    still leave as one write; sends outside any block keep coalescing per loop turn (the
+    throughput default). Replies made while a peer's frames are being delivered are already
+    written when the delivery ends and are left to it. Frames for a peer that is not connected
+    (dialling), or whose stream is paused by backpressure, wait as usual. Blocks nest: the outermost
+    one writes. Loop thread only, like the rest of the manager; it applies to the transports built
+    on `ConnectionManager` (TLS, QUIC) and changes nothing for others.
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _PROMPT.set([]) if _PROMPT.get() is None else None
+
+    def __exit__(self, *exc: object) -> None:
+        token = self._token
+        if token is None:
+            return  # an outer block writes
+        conns = _PROMPT.get()
+        _PROMPT.reset(token)
+        if conns:
+            for conn in conns:
+                conn._write_prompt()
+
+
 _BYE = encode_control([0])
 _CTRL_BYE = 0
 
@@ -127,7 +164,7 @@ class Connection:
     """One authenticated stream to a peer. The adapter forwards its stream callbacks here."""
 
     __slots__ = (
-        "_decoder", "_flush_scheduled", "_manager", "bye_received", "bye_sent", "draining_since",
+        "_decoder", "_delivering", "_flush_scheduled", "_manager", "_prompt", "bye_received", "bye_sent", "draining_since",
         "last_activity", "outbound", "paused", "peer", "peer_id", "received_any", "seq", "stall_since",
         "state", "stream",
     )
@@ -141,6 +178,10 @@ class Connection:
         self.seq = seq
         self._decoder = FrameDecoder(manager.config.max_frame_bytes, allow_control=True)
         self._flush_scheduled = False
+        self._delivering = False
+        """True while this connection hands a read's frames to the handler (replies go at its end)."""
+        self._prompt = False
+        """True while listed in an open `write_promptly()` block."""
         self.paused = False
         self.state = _ACTIVE
         self.bye_sent = False
@@ -189,6 +230,7 @@ class Connection:
         reply_now = not self._flush_scheduled and self.peer.conn is self
         if reply_now:
             self._flush_scheduled = True
+        delivering, self._delivering = self._delivering, True
         for index, frame in enumerate(frames):
             if type(frame) is ControlFrame:
                 delivered -= 1
@@ -201,6 +243,7 @@ class Connection:
                 handler(peer_id, frame)
             except Exception:
                 logger.exception("frame handler failed on a frame from %s", peer_id)
+        self._delivering = delivering
         manager._frames_received += delivered
         if reply_now:
             self._flush()
@@ -226,6 +269,25 @@ class Connection:
         """Write everything queued (ignores pause); used by `close()`."""
         while self.peer.queue and self.state == _ACTIVE and self.peer.conn is self:
             self._write_batch()
+
+    def _queued_in_block(self, prompt: list[Connection]) -> None:
+        """Frames were queued inside a `write_promptly()` block: write them when it ends."""
+        if self.paused:
+            return  # resume_writing flushes
+        if self._delivering:  # the delivery writes its replies when it ends
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._manager._loop.call_soon(self._flush)
+        elif not self._prompt:
+            self._prompt = True
+            prompt.append(self)
+
+    def _write_prompt(self) -> None:
+        """End of a `write_promptly()` block: write what is queued now (a scheduled flush finds less)."""
+        self._prompt = False
+        if not self.paused and self.state == _ACTIVE and self.peer.conn is self and self.peer.queue:
+            self._write_batch()
+        self.schedule_flush()  # whatever is left (over the batch bounds, or the connection changed)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -378,7 +440,10 @@ class ConnectionManager:
         peer.queued_bytes += n + 4
         conn = peer.conn
         if conn is not None:
-            if not conn._flush_scheduled and not conn.paused:
+            prompt = _PROMPT.get()
+            if prompt is not None:
+                conn._queued_in_block(prompt)
+            elif not conn._flush_scheduled and not conn.paused:
                 conn._flush_scheduled = True
                 self._loop.call_soon(conn._flush)
             return
@@ -417,7 +482,10 @@ class ConnectionManager:
         peer.queued_bytes += len(data)
         conn = peer.conn
         if conn is not None:
-            if not conn._flush_scheduled and not conn.paused:
+            prompt = _PROMPT.get()
+            if prompt is not None:
+                conn._queued_in_block(prompt)
+            elif not conn._flush_scheduled and not conn.paused:
                 conn._flush_scheduled = True
                 self._loop.call_soon(conn._flush)
             return

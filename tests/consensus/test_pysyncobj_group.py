@@ -359,3 +359,46 @@ async def test_a_running_group_holds_no_wakeup_pipe(tmp_path: Path) -> None:
         assert _pipes() == before
     finally:
         await cl.close()
+
+
+async def test_a_proposal_queues_exactly_what_the_replicated_method_would(cluster: Cluster) -> None:
+    # decision 0037: propose() builds the log command from the pickle template, not pickle.dumps
+    await cluster.start_all()
+    leader = await cluster.leader()
+    replica = leader._syncobj
+    queued: list[bytes] = []
+    real = replica._applyCommand
+
+    def capture(command: bytes, callback: object, command_type: int | None = None) -> None:
+        queued.append(command if command_type is None else bytes([command_type]) + command)
+        real(command, callback, command_type)
+
+    replica._applyCommand = capture
+    try:
+        payload = c.encode_entry(c.KvPut("same", b"\x00\xff" * 40), 123)
+        replica.apply_entry(payload, callback=lambda result, error: None)  # pysyncobj's own path
+        assert queued[-1] == leader.cache.own_command(payload)
+        assert (await leader.propose(c.KvPut("same", b"\x00\xff" * 40))).ok
+        by_propose = queued[-1]
+        assert pickle.loads(by_propose[1:])[1][0] == c.encode_entry(c.KvPut("same", b"\x00\xff" * 40),
+                                                                     c.decode_entry(pickle.loads(by_propose[1:])[1][0])[1])
+        assert leader.cache.to_wire(by_propose) == ["R", pickle.loads(by_propose[1:])[1][0]]
+    finally:
+        replica._applyCommand = real
+    await cluster.converged()
+
+
+async def test_an_acknowledgement_commits_and_applies_without_a_whole_tick(cluster: Cluster) -> None:
+    # decision 0037: the acknowledgement that completes a majority runs only the commit-and-apply
+    # part of a tick; results, followers' state and the commit index are as with a whole tick
+    await cluster.start_all()
+    leader = await cluster.leader()
+    await cluster.converged()
+    steps = leader.stats.commit_steps
+    for i in range(20):
+        assert (await leader.propose(c.KvCompareAndSet(f"k{i}", None, b"v"))).ok
+    assert leader.stats.commit_steps >= steps + 20
+    assert not (await leader.propose(c.KvCompareAndSet("k0", None, b"again"))).ok  # applied exactly once, in order
+    await cluster.converged()
+    commit = leader.status().commit_index
+    assert all(g.status().commit_index == commit for g in cluster.groups.values())

@@ -1,0 +1,159 @@
+"""`write_promptly()`: frames sent inside the block are written when it ends, not a loop turn later.
+
+A Raft leader's entries (decision 0037) leave before the loop polls again, so a frame that arrives
+meanwhile (the second follower's acknowledgement) cannot delay them. Outside a block the per-turn
+coalescing is unchanged (test_connections_reply_now.py pins that down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from agentnode.transport.base import Address
+from agentnode.transport.connections import ConnectionManager, TransportConfig, write_promptly
+from agentnode.transport.framing import encode_frames
+
+PEER = Address("127.0.0.1", 1)
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def _no_dial(address: Address, expected: str | None) -> Any:
+    raise OSError("no dialling in this test")
+
+
+async def _manager(*peers: str) -> tuple[ConnectionManager, list[Any], list[_Stream]]:
+    manager = ConnectionManager("a", TransportConfig(close_grace_ms=20), random.Random(0), _no_dial)
+    manager.start(asyncio.get_running_loop())
+    conns, streams = [], []
+    for peer_id in peers:
+        stream = _Stream()
+        conn = manager.attach(stream, peer_id, outbound=False)
+        assert conn is not None
+        conns.append(conn)
+        streams.append(stream)
+    await asyncio.sleep(0)
+    return manager, conns, streams
+
+
+async def test_frames_sent_in_a_block_are_written_when_it_ends_one_write_per_peer() -> None:
+    manager, _, (b, c) = await _manager("b", "c")
+    try:
+        with write_promptly():
+            manager.send(PEER, ["one"], "b")
+            manager.send(PEER, ["two"], "b")
+            manager.send(PEER, ["x"], "c")
+            assert b.writes == [] and c.writes == []  # nothing before the block ends
+        assert b.writes == [encode_frames([["one"], ["two"]])]
+        assert c.writes == [encode_frames([["x"]])]
+        await asyncio.sleep(0)
+        assert len(b.writes) == 1 and len(c.writes) == 1  # no second write from a scheduled flush
+        manager.send(PEER, ["later", 1], "b")
+        manager.send(PEER, ["later", 2], "b")
+        assert len(b.writes) == 1  # outside a block: coalesced until the loop turn ends
+        await asyncio.sleep(0)
+        assert b.writes[1:] == [encode_frames([["later", 1], ["later", 2]])]
+    finally:
+        await manager.close()
+
+
+async def test_a_block_writes_frames_queued_earlier_in_the_turn_first_in_order() -> None:
+    manager, _, (b,) = await _manager("b")
+    try:
+        manager.send(PEER, ["early"], "b")  # schedules the loop-turn flush
+        with write_promptly():
+            manager.send(PEER, ["urgent"], "b")
+        assert b.writes == [encode_frames([["early"], ["urgent"]])]
+        await asyncio.sleep(0)
+        assert len(b.writes) == 1  # the scheduled flush found nothing left
+    finally:
+        await manager.close()
+
+
+async def test_nested_blocks_write_when_the_outermost_ends() -> None:
+    manager, _, (b,) = await _manager("b")
+    try:
+        with write_promptly():
+            with write_promptly():
+                manager.send(PEER, ["inner"], "b")
+            assert b.writes == []
+            manager.send(PEER, ["outer"], "b")
+        assert b.writes == [encode_frames([["inner"], ["outer"]])]
+    finally:
+        await manager.close()
+
+
+async def test_a_paused_stream_keeps_the_frames_until_it_resumes() -> None:
+    manager, (conn,), (b,) = await _manager("b")
+    try:
+        conn.pause_writing()
+        with write_promptly():
+            manager.send(PEER, ["held"], "b")
+        assert b.writes == []
+        conn.resume_writing()
+        await asyncio.sleep(0)
+        assert b.writes == [encode_frames([["held"]])]
+    finally:
+        await manager.close()
+
+
+async def test_replies_inside_a_delivery_still_leave_together_when_it_ends() -> None:
+    manager, (conn,), (b,) = await _manager("b")
+
+    def reply(sender: str, frame: Any) -> None:
+        with write_promptly():
+            manager.send(PEER, ["ack", frame[1]], sender)
+
+    manager.set_handler(reply)
+    try:
+        conn.data_received(encode_frames([["req", 1], ["req", 2]]))
+        assert b.writes == [encode_frames([["ack", 1], ["ack", 2]])]  # one write, not one per reply
+    finally:
+        await manager.close()
+
+
+async def test_a_block_inside_a_delivery_writes_other_peers_at_its_end() -> None:
+    manager, (conn_b, _), (b, c) = await _manager("b", "c")
+    seen: list[int] = []
+
+    def forward(sender: str, frame: Any) -> None:
+        with write_promptly():
+            manager.send(PEER, ["fwd", frame[1]], "c")
+        seen.append(len(c.writes))
+
+    manager.set_handler(forward)
+    try:
+        conn_b.data_received(encode_frames([["req", 1], ["req", 2]]))
+        assert seen == [1, 2]  # each forward left when its block ended
+        assert c.writes == [encode_frames([["fwd", 1]]), encode_frames([["fwd", 2]])]
+        assert b.writes == []
+    finally:
+        await manager.close()
+
+
+async def test_a_block_for_a_peer_still_dialling_leaves_the_frames_queued() -> None:
+    manager, _, _ = await _manager()
+    try:
+        with write_promptly():
+            manager.send(PEER, ["nobody"], "z")  # dial fails (no dialler); frames dropped and counted
+        for _ in range(20):
+            if manager.stats().frames_dropped:
+                break
+            await asyncio.sleep(0.005)
+        assert manager.stats().frames_dropped == 1
+    finally:
+        await manager.close()
