@@ -337,6 +337,10 @@ class _Replica(SyncObj):  # type: ignore[misc]
 
     @replicated
     def apply_entry(self, payload: bytes) -> Any:
+        return self.apply_payload(payload)
+
+    def apply_payload(self, payload: bytes) -> Any:
+        """What the replicated `apply_entry(payload)` does when pysyncobj applies it."""
         try:
             command, now_ms = self._cache.take_entry(payload)
         except CommandDecodeError:
@@ -388,6 +392,8 @@ class PySyncObjGroup:
         """Loop time since when `_quorum_ok()` has been false at every tick (None: it is true)."""
         self._pending: set[asyncio.Future[tuple[Any, int]]] = set()
         self._send_entries: Any = None
+        self._apply_command: Any = None
+        """pysyncobj's own `__doApplyCommand` (the instance attribute wraps it)."""
         """pysyncobj's own `__sendAppendEntries` (the instance attribute wraps it)."""
         self._notice_due: float | None = None
         """Loop time by which a deferred commit notice must be built and sent (None: none owed)."""
@@ -438,6 +444,8 @@ class PySyncObjGroup:
         _unplug_wakeups(self._syncobj)
         self._send_entries = self._syncobj._SyncObj__sendAppendEntries
         self._syncobj._SyncObj__sendAppendEntries = self._send_entries_or_defer
+        self._apply_command = self._syncobj._SyncObj__doApplyCommand
+        self._syncobj._SyncObj__doApplyCommand = self._do_apply_command
         assert self._transport is not None
         self._transport.connect_known()
         self.link.set_receiver(self._on_frame)
@@ -710,6 +718,16 @@ class PySyncObjGroup:
             self._notice_due = None
             self.stats.commit_notices_replaced += 1
         self._send_entries()
+
+    def _do_apply_command(self, command: bytes) -> Any:
+        """pysyncobj's `__doApplyCommand`, without unpickling a regular command whose payload the
+        codec cache knows (this node proposed or encoded it; a pure function of the bytes): on the
+        leader that is every entry it applies, on the critical path of each commit (decision 0037).
+        Anything else (no-op, membership, version, a command not remembered) goes to pysyncobj."""
+        payload = self.cache.own_payload(command) if type(command) is bytes else None
+        if payload is None:
+            return self._apply_command(command)
+        return self._syncobj.apply_payload(payload)  # type: ignore[union-attr]
 
     def _flush(self) -> None:
         transport, loop = self._transport, self._loop

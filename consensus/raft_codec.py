@@ -119,6 +119,12 @@ class CommandWireCache:
             self._wire[command] = ["R", payload]
         return command
 
+    def own_payload(self, command: bytes) -> bytes | None:
+        """The entry payload inside a regular log command whose wire form is remembered (this node
+        built or encoded it), else None; what unpickling the command would give, without unpickling."""
+        wire = self._wire.get(command)
+        return wire[1] if wire is not None and wire[0] == "R" else None
+
     def to_wire(self, command: bytes) -> list[Any]:
         """Same as `command_to_wire`; do not mutate the returned list."""
         key = bytes(command) if isinstance(command, bytearray) else command

@@ -383,6 +383,9 @@ async def test_a_proposal_queues_exactly_what_the_replicated_method_would(cluste
         assert pickle.loads(by_propose[1:])[1][0] == c.encode_entry(c.KvPut("same", b"\x00\xff" * 40),
                                                                      c.decode_entry(pickle.loads(by_propose[1:])[1][0])[1])
         assert leader.cache.to_wire(by_propose) == ["R", pickle.loads(by_propose[1:])[1][0]]
+        # applying it skips the unpickling: the payload is known from the bytes
+        assert leader.cache.own_payload(by_propose) == pickle.loads(by_propose[1:])[1][0]
+        assert leader.cache.own_payload(b"\x00" + pickle.dumps((0, (b"never proposed",)), 2)) is None
     finally:
         replica._applyCommand = real
     await cluster.converged()
