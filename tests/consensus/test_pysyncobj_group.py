@@ -397,11 +397,51 @@ async def test_an_acknowledgement_commits_and_applies_without_a_whole_tick(clust
     await cluster.start_all()
     leader = await cluster.leader()
     await cluster.converged()
-    steps = leader.stats.commit_steps
+    steps, at_once = leader.stats.commit_steps, leader.stats.appended_at_once
     for i in range(20):
         assert (await leader.propose(c.KvCompareAndSet(f"k{i}", None, b"v"))).ok
     assert leader.stats.commit_steps >= steps + 20
+    assert leader.stats.appended_at_once >= at_once + 20  # followers in step: appended and sent by the adapter
     assert not (await leader.propose(c.KvCompareAndSet("k0", None, b"again"))).ok  # applied exactly once, in order
     await cluster.converged()
     commit = leader.status().commit_index
     assert all(g.status().commit_index == commit for g in cluster.groups.values())
+
+
+async def test_the_adapters_own_append_sends_what_pysyncobj_would(cluster: Cluster) -> None:
+    # decision 0037: with every follower in step, propose() appends and sends the entry itself;
+    # the messages match pysyncobj's own path for the next index, field for field
+    await cluster.start_all()
+    leader = await cluster.leader()
+    await cluster.converged()
+    transport = leader._transport
+    sent: list[tuple[str, dict]] = []
+    real = transport.send
+
+    def capture(node, message):  # type: ignore[no-untyped-def]
+        if message["type"] == "append_entries" and message.get("entries"):
+            sent.append((node.id, dict(message)))
+        return real(node, message)
+
+    transport.send = capture
+    try:
+        assert (await leader.propose(c.KvPut("a", b"1"))).ok
+        ours = sorted(sent, key=lambda m: m[0])
+        sent.clear()
+        leader._append_at_once = lambda command, callback: False  # pysyncobj's queue and __sendAppendEntries
+        assert (await leader.propose(c.KvPut("a", b"2"))).ok
+        theirs = sorted(sent, key=lambda m: m[0])
+    finally:
+        transport.send = real
+        del leader._append_at_once
+    followers = sorted(n for n in cluster.ids if n != leader.node_id)
+    assert [v for v, _ in ours] == [v for v, _ in theirs] == followers
+    for (_, a), (_, b) in zip(ours, theirs):
+        assert set(a) == set(b)
+        assert a["term"] == b["term"] and len(a["entries"]) == len(b["entries"]) == 1
+        (cmd_a, idx_a, term_a), (cmd_b, idx_b, term_b) = a["entries"][0], b["entries"][0]
+        assert idx_a == a["prevLogIdx"] + 1 and idx_b == b["prevLogIdx"] + 1 == idx_a + 1
+        assert term_a == term_b == a["term"] and b["prevLogTerm"] == term_a
+        assert b["commit_index"] >= idx_a  # the earlier write was committed before the second was sent
+    assert leader.stats.appended_at_once >= 1
+    await cluster.converged()
