@@ -394,9 +394,9 @@ class PySyncObjGroup:
         """Loop time since when `_quorum_ok()` has been false at every tick (None: it is true)."""
         self._pending: set[asyncio.Future[tuple[Any, int]]] = set()
         self._send_entries: Any = None
+        """pysyncobj's own `__sendAppendEntries` (the instance attribute wraps it)."""
         self._apply_command: Any = None
         """pysyncobj's own `__doApplyCommand` (the instance attribute wraps it)."""
-        """pysyncobj's own `__sendAppendEntries` (the instance attribute wraps it)."""
         self._notice_due: float | None = None
         """Loop time by which a deferred commit notice must be built and sent (None: none owed)."""
 
@@ -711,18 +711,23 @@ class PySyncObjGroup:
                 return False
             nodes.append(node)
         index, term = last_index + 1, syncobj._SyncObj__raftCurrentTerm
-        journal.add(command, index, term)
-        syncobj._SyncObj__commandsWaitingCommit[index].append((term, callback))
-        syncobj._SyncObj__newAppendEntriesTime = _monotonic() + syncobj._SyncObj__conf.appendEntriesPeriod
-        if self._notice_due is not None:  # these entries carry the commit index the notice owed
-            self._notice_due = None
-            self.stats.commit_notices_replaced += 1
-        commit = syncobj._SyncObj__raftCommitIndex
-        for node in nodes:
-            next_index[node] = index + 1
-            transport.send(node, {"type": "append_entries", "term": term, "commit_index": commit,
-                                  "entries": [(command, index, term)], "prevLogIdx": last_index, "prevLogTerm": last_term})
-        self.stats.appended_at_once += 1
+        try:
+            journal.add(command, index, term)
+            syncobj._SyncObj__commandsWaitingCommit[index].append((term, callback))
+            syncobj._SyncObj__newAppendEntriesTime = _monotonic() + syncobj._SyncObj__conf.appendEntriesPeriod
+            if self._notice_due is not None:  # these entries carry the commit index the notice owed
+                self._notice_due = None
+                self.stats.commit_notices_replaced += 1
+            commit = syncobj._SyncObj__raftCommitIndex
+            for node in nodes:
+                next_index[node] = index + 1
+                transport.send(node, {"type": "append_entries", "term": term, "commit_index": commit,
+                                      "entries": [(command, index, term)], "prevLogIdx": last_index, "prevLogTerm": last_term})
+        except Exception:  # as when pysyncobj's own submit step fails: logged, the waiter times out (outcome unknown)
+            self.stats.tick_errors += 1
+            log.exception("raft: appending a proposal failed")
+        else:
+            self.stats.appended_at_once += 1
         self._flush()
         return True
 
