@@ -231,22 +231,24 @@ class Connection:
         if reply_now:
             self._flush_scheduled = True
         delivering, self._delivering = self._delivering, True
-        for index, frame in enumerate(frames):
-            if type(frame) is ControlFrame:
-                delivered -= 1
-                self._on_control(frame.value)
-                if self.bye_received:  # nothing may follow the peer's BYE
-                    delivered -= len(frames) - index - 1
-                    break
-                continue
-            try:
-                handler(peer_id, frame)
-            except Exception:
-                logger.exception("frame handler failed on a frame from %s", peer_id)
-        self._delivering = delivering
-        manager._frames_received += delivered
-        if reply_now:
-            self._flush()
+        try:
+            for index, frame in enumerate(frames):
+                if type(frame) is ControlFrame:
+                    delivered -= 1
+                    self._on_control(frame.value)
+                    if self.bye_received:  # nothing may follow the peer's BYE
+                        delivered -= len(frames) - index - 1
+                        break
+                    continue
+                try:
+                    handler(peer_id, frame)
+                except Exception:
+                    logger.exception("frame handler failed on a frame from %s", peer_id)
+        finally:  # whatever happens, the flags go back and the replies leave (a stuck flag would stall the peer)
+            self._delivering = delivering
+            manager._frames_received += delivered
+            if reply_now:
+                self._flush()
 
     def pause_writing(self) -> None:
         self.paused = True
