@@ -64,6 +64,9 @@ from agentnode.agent_messages import (
     decode,
     fast_constructor,
 )
+
+_new_id = tuple.__new__
+"""`MessageId` built as `_new_id(MessageId, (origin, epoch, counter))`: the NamedTuple without its Python `__new__`."""
 from agentnode.routing import LivePeers
 
 __sans_io__ = True
@@ -294,7 +297,8 @@ class _Msg:
                  "payload", "durable", "reliable", "expires_ms", "seq", "state", "attempts", "retry_at", "sacked", "busy", "channel")
 
     def __init__(self, msg_id: MessageId, dest_node: str, dest_agent: str, src_agent: str, kind: int, priority: int,
-                 flags: int, correlation: MessageId | None, payload: bytes, durable: bool, expires_ms: int | None) -> None:
+                 flags: int, correlation: MessageId | None, payload: bytes, durable: bool, expires_ms: int | None,
+                 channel: _SendChannel | None = None) -> None:
         self.msg_id = msg_id
         self.dest_node = dest_node
         self.dest_agent = dest_agent
@@ -313,7 +317,7 @@ class _Msg:
         self.retry_at = 0
         self.sacked = False
         self.busy = False
-        self.channel: _SendChannel | None = None
+        self.channel = channel
 
 
 class _SendChannel:
@@ -529,21 +533,25 @@ class Delivery:
         durable = mode == DURABLE
         flags = (FLAG_DURABLE if durable else 0) | (FLAG_WAIT_IF_FULL if wait_if_full else 0)
         expires = now_ms + ttl_ms if ttl_ms else None
-        ids: list[MessageId] = []
-        queue = ch.queue
-        node_id, epoch = self.node_id, self.epoch
-        for i, p in enumerate(payloads):
-            if msg_ids is None:
-                self._counter += 1
-                msg_id = MessageId(node_id, epoch, self._counter)
+        if msg_ids is None:
+            node_id, epoch, first = self.node_id, self.epoch, self._counter + 1
+            self._counter += n
+            ids = [_new_id(MessageId, (node_id, epoch, c)) for c in range(first, first + n)]
+        else:
+            ids = list(msg_ids)
+        msgs = [_Msg(msg_id, dest_node, dest_agent, src_agent, KIND_DATA, priority, flags, None, p, durable, expires, ch)
+                for msg_id, p in zip(ids, payloads)]
+        ch.queue.extend(msgs)
+        if expires is not None:
+            expiries = ch.expiries
+            if expiries and expires < expiries[-1].expires_ms:  # type: ignore[operator]
+                for m in msgs:
+                    self._track_expiry(ch, m)  # out of order: timers of their own
             else:
-                msg_id = msg_ids[i]
-            m = _Msg(msg_id, dest_node, dest_agent, src_agent, KIND_DATA, priority, flags, None, p, durable, expires)
-            m.channel = ch
-            queue.append(m)
-            if expires is not None:
-                self._track_expiry(ch, m)
-            ids.append(msg_id)
+                expiries.extend(msgs)  # one TTL for all of them: they keep the order
+                if ch.ttl_at is None:
+                    ch.ttl_at = expires
+                    self._push_timer(expires, _T_CH_TTL, ch)
         ch.last_ms = now_ms
         self._tracked += n
         self.counters["sent"] += n
@@ -811,35 +819,42 @@ class Delivery:
             staged = self._staged.get(dest_node)
             if staged is None:
                 staged = self._staged[dest_node] = []
-        jitter, uniform = c.jitter, self._rng.uniform
         session = ch.session
         sent = 0
-        first_due = None
         floor = next(iter(inflight)) if inflight else 0
-        while queue and len(inflight) < window:
-            m = queue.popleft()
+        first_due: int | None = None
+        room = window - len(inflight)
+        seq = ch.next_seq - 1
+        popleft = queue.popleft
+        expires, ttl = None, 0  # the TTL left is computed once per run of equal expiry times
+        while queue and room > 0:
+            m = popleft()
             if m.state == _DONE:
                 continue
-            seq = m.seq = ch.next_seq
-            ch.next_seq = seq + 1
+            room -= 1
+            seq += 1
+            m.seq = seq
             m.state = _INFLIGHT
             inflight[seq] = m
             if not floor:
                 floor = seq
-            m.attempts += 1  # 1: a message leaves the queue once; retransmissions go through _transmit
+            m.attempts = 1  # a message leaves the queue once; retransmissions go through _transmit
             if first_due is None:
                 # One jittered RTO for the messages this call sends: they share a frame, so they share
                 # its retry time too (one draw per frame instead of one per message).
                 rto = c.initial_rto_ms
-                if jitter:
-                    rto = max(1, int(rto * (1.0 + uniform(-jitter, jitter))))
+                if c.jitter:
+                    rto = max(1, int(rto * (1.0 + self._rng.uniform(-c.jitter, c.jitter))))
                 first_due = now_ms + rto
             m.retry_at = first_due
             if staged is not None:
-                ttl = 0 if m.expires_ms is None else max(1, m.expires_ms - now_ms)
+                if m.expires_ms != expires:
+                    expires = m.expires_ms
+                    ttl = 0 if expires is None else max(1, expires - now_ms)
                 staged.append([session, seq, floor, m.msg_id, m.kind, m.dest_agent, m.src_agent,
                                m.priority, ttl, m.flags, m.correlation, m.payload])
                 sent += 1
+        ch.next_seq = seq + 1
         self.counters["transmissions"] += sent
         if first_due is not None and (ch.retry_at is None or first_due < ch.retry_at):
             self._arm_retry(ch, first_due)
@@ -995,19 +1010,25 @@ class Delivery:
             inflight = ch.inflight
             events = self._events
             acked = 0
-            while inflight:
-                seq = next(iter(inflight))
-                if seq > a.upto:
-                    break
-                m = inflight.pop(seq)
-                acked += 1
-                if m.state != _DONE:  # _finish, inlined: this loop runs once per acknowledged message
-                    self._tracked -= 1
-                    m.state = _DONE
-                if len(events) < MAX_EVENTS:
-                    events.append(_delivered(m.msg_id, sender, m.dest_agent))
-                else:
-                    self._emit(_delivered(m.msg_id, sender, m.dest_agent))
+            if inflight:
+                # Seqs in flight are this channel's, ascending: pop them by number from the floor up to
+                # the ack (bounded by the seqs issued) instead of re-iterating the dict per message, which
+                # rescans the slots its earlier deletions emptied at the front.
+                pop = inflight.pop
+                tracked = 0
+                for seq in range(next(iter(inflight)), min(a.upto, ch.next_seq - 1) + 1):
+                    m = pop(seq, None)
+                    if m is None:
+                        continue  # failed or answered before its ack
+                    acked += 1
+                    if m.state != _DONE:  # _finish, inlined: this loop runs once per acknowledged message
+                        tracked += 1
+                        m.state = _DONE
+                    if len(events) < MAX_EVENTS:
+                        events.append(_delivered(m.msg_id, sender, m.dest_agent))
+                    else:
+                        self._emit(_delivered(m.msg_id, sender, m.dest_agent))
+                self._tracked -= tracked
             if acked:
                 ch.progress_ms = now_ms
                 self.counters["delivered_acks"] += acked
@@ -1073,7 +1094,10 @@ class Delivery:
         counters["received"] += len(envelopes)
         last_key: tuple[str, str, int] | None = None
         rc: _RecvChannel | None = None
-        for env in envelopes:
+        i, n = 0, len(envelopes)
+        while i < n:
+            env = envelopes[i]
+            i += 1
             session = env[0]
             if session == 0:
                 self._consume(sender, env, None, now_ms)
@@ -1094,7 +1118,13 @@ class Delivery:
                 last_key = key
             seq = env[1]
             if seq == rc.upto + 1 and not rc.buffer:
-                # In order with nothing held back (the common case): consume without buffering.
+                # In order with nothing held back (the common case): consume without buffering; the
+                # channel's run of plain messages from here in one loop when they fit the inbox.
+                if env[4] <= KIND_REQUEST:
+                    done = self._consume_run(sender, envelopes, i - 1, rc, now_ms)
+                    if done >= i:
+                        i = done
+                        continue
                 if self._consume(sender, env, rc, now_ms):
                     rc.upto = seq
                 continue
@@ -1118,6 +1148,56 @@ class Delivery:
                     counters["reordered"] += 1
                 rc.buffer[seq] = env
             self._drain(sender, rc, now_ms)
+
+    def _consume_run(self, sender: str, envelopes: list[list[Any]], start: int, rc: _RecvChannel, now_ms: int) -> int:
+        """`_consume` for the in-order envelopes of `rc` from `start` on, in one loop: the receive path of
+        nearly every data frame. Takes a prefix of envelopes of the channel (same session, agent and
+        priority), in sequence, data or request, that fit the agent's inbox; returns where that prefix
+        ends (`start` when the first one needs the general path: unknown agent, full inbox). The
+        outcome per envelope is `_consume`'s: delivered, or dropped as a durable duplicate."""
+        first = envelopes[start]
+        agent = first[5]
+        capacity = self._capacity.get(agent)
+        if capacity is None:
+            return start
+        inbox = self._inbox
+        room = capacity - inbox[agent]
+        events = self._events
+        end = min(len(envelopes), start + room, start + MAX_EVENTS - len(events))
+        if end <= start:
+            return start
+        session, priority = first[0], first[7]
+        upto = rc.upto
+        seen = self._durable_seen.get(sender)
+        append = events.append
+        make = _incoming
+        j = start
+        delivered = 0
+        while j < end:
+            env = envelopes[j]
+            # 0 session, 1 seq, 3 msg_id, 4 kind, 5 dest_agent, 6 src_agent, 7 priority, 8 ttl, 9 flags, 11 payload
+            if env[1] != upto + 1 or env[0] != session or env[5] != agent or env[7] != priority or env[4] > KIND_REQUEST:
+                break
+            upto += 1
+            j += 1
+            if env[9] & FLAG_DURABLE:
+                msg_id = env[3]
+                if seen is not None and msg_id in seen:
+                    self.counters["durable_duplicates"] += 1
+                    continue
+                self._remember_durable(sender, msg_id, True)
+                seen = self._durable_seen[sender]
+                durable = True
+            else:
+                durable = False
+            ttl = env[8]
+            append(make(env[3], sender, env[6], agent, env[4], priority, env[11], now_ms + ttl if ttl else None,
+                        True, durable))
+            delivered += 1
+        rc.upto = upto
+        inbox[agent] += delivered
+        self.counters["delivered"] += delivered
+        return j
 
     def _drain(self, sender: str, rc: _RecvChannel, now_ms: int) -> None:
         buffer = rc.buffer
