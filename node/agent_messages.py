@@ -648,18 +648,23 @@ def _envelopes_wire(raw: list[Any] | tuple[Any, ...]) -> list[list[Any]]:
     """`envelope_wire` for every envelope of a frame, in one loop (no call per envelope)."""
     out: list[list[Any]] = []
     append = out.append
+    # The constants as locals: this loop runs once per message received, and a local read is cheaper
+    # than a global one.
+    int_, str_, list_, mid_type, new_id = int, str, list, MessageId, _new_id
+    max_seq, max_kind, max_priority, max_ttl, max_flags = MAX_INCARNATION, KIND_ERROR, PRIORITY_LOW, MAX_TTL_MS, _FLAGS_ALL
+    max_name, max_payload, max_origin = MAX_AGENT_ID_CHARS, MAX_PAYLOAD_BYTES, MAX_ID_CHARS
     for e in raw:
-        if type(e) is not list or len(e) != 12:
+        if type(e) is not list_ or len(e) != 12:
             if type(e) is tuple and len(e) == 12:
                 e = list(e)
             else:
                 raise _bad("bad envelope")
         session, seq, floor, mid, kind, dest, src, priority, ttl, flags, corr, payload = e
-        if (type(session) is not int or type(seq) is not int or type(floor) is not int or type(kind) is not int
-                or type(priority) is not int or type(ttl) is not int or type(flags) is not int
-                or not 0 <= session <= MAX_INCARNATION or not 0 <= floor <= seq <= MAX_INCARNATION
-                or not 0 <= kind <= KIND_ERROR or not 0 <= priority <= PRIORITY_LOW or not 0 <= ttl <= MAX_TTL_MS
-                or not 0 <= flags <= _FLAGS_ALL):
+        if (type(session) is not int_ or type(seq) is not int_ or type(floor) is not int_ or type(kind) is not int_
+                or type(priority) is not int_ or type(ttl) is not int_ or type(flags) is not int_
+                or not 0 <= session <= max_seq or not 0 <= floor <= seq <= max_seq
+                or not 0 <= kind <= max_kind or not 0 <= priority <= max_priority or not 0 <= ttl <= max_ttl
+                or not 0 <= flags <= max_flags):
             if type(floor) is int and type(seq) is int and floor > seq >= 0 and floor <= MAX_INCARNATION:
                 raise _bad("bad channel position")
             raise _bad("bad integer field")
@@ -671,20 +676,19 @@ def _envelopes_wire(raw: list[Any] | tuple[Any, ...]) -> list[list[Any]]:
                 raise _bad("responses and only responses carry a correlation id")
         elif kind == KIND_RESPONSE or kind == KIND_ERROR:
             raise _bad("responses and only responses carry a correlation id")
-        if type(dest) is not str or len(dest) > MAX_AGENT_ID_CHARS or type(src) is not str or len(src) > MAX_AGENT_ID_CHARS:
+        if type(dest) is not str_ or len(dest) > max_name or type(src) is not str_ or len(src) > max_name:
             raise _bad("bad text field")
-        if type(payload) is not bytes or len(payload) > MAX_PAYLOAD_BYTES:
+        if type(payload) is not bytes or len(payload) > max_payload:
             raise _bad("bad payload")
-        if type(mid) is not MessageId:
-            if type(mid) is not list or len(mid) != 3:
+        if type(mid) is not mid_type:
+            if type(mid) is not list_ or len(mid) != 3:
                 e[3] = _msg_id(mid)
             else:
                 origin, epoch, counter = mid
-                if (type(origin) is not str or not origin or len(origin) > MAX_ID_CHARS or type(epoch) is not int
-                        or type(counter) is not int or not 0 <= epoch <= MAX_INCARNATION
-                        or not 0 <= counter <= MAX_INCARNATION):
+                if (type(origin) is not str_ or not origin or len(origin) > max_origin or type(epoch) is not int_
+                        or type(counter) is not int_ or not 0 <= epoch <= max_seq or not 0 <= counter <= max_seq):
                     e[3] = _msg_id(mid)  # raises the precise error
-                e[3] = _new_id(MessageId, mid)
+                e[3] = new_id(mid_type, mid)
         append(e)
     return out
 
