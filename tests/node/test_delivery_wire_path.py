@@ -4,6 +4,7 @@ does, and `fast_constructor` builds the same frozen objects as the dataclass con
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import msgpack
 import pytest
@@ -79,6 +80,30 @@ def test_fast_constructor_builds_equal_frozen_objects() -> None:
         assert fast == cls(*args) and hash(fast) == hash(cls(*args)) and type(fast) is cls
         with pytest.raises(AttributeError):
             fast.msg_id = MessageId("b", 1, 1)  # still frozen
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class _WithWeakref:
+    a: int
+    b: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Derived(_WithWeakref):
+    c: int
+
+
+def test_fast_constructor_falls_back_when_the_layout_differs() -> None:
+    """A class whose slots a plain twin cannot match (a `__weakref__` slot, inherited slots) is built
+    through its slot descriptors: the same object either way."""
+    for cls, args in [(_WithWeakref, (1, "x")), (_Derived, (1, "x", 2))]:
+        make = fast_constructor(cls)
+        assert "twin" not in make.__code__.co_names
+        fast = make(*args)
+        assert fast == cls(*args) and type(fast) is cls
+        with pytest.raises(AttributeError):
+            fast.a = 5  # type: ignore[misc]
+    assert "twin" in fast_constructor(Incoming).__code__.co_names  # the common case takes the twin
 
 
 def test_fast_constructor_refuses_classes_that_validate() -> None:
