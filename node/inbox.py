@@ -27,13 +27,14 @@ may then be lost (its sender has already forgotten it) and one handled just befo
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agentnode.agent_messages import MessageId
-from agentnode.outbox import StorageError, WalCheckpointer, _mapped, _rollback, connect_wal
+from agentnode.outbox import StorageError, WalCheckpointer, _mapped, _rollback, _runs, connect_wal
 
 __all__ = ["Inbox", "InboxItem", "InboxWriteFailed", "INBOX_FILE", "DEFAULT_PER_SENDER", "DEFAULT_MAX_SENDERS"]
 
@@ -178,7 +179,7 @@ class Inbox:
         if not items:
             return []
         conn = self._require()
-        seen = [(i.msg_id.origin, i.msg_id.epoch, i.msg_id.counter, now_ms) for i in items]
+        seen = [(*i.msg_id, now_ms) for i in items]  # (origin, epoch, counter, seen_at_ms)
         handled = False
         try:
             conn.execute("BEGIN")
@@ -209,28 +210,25 @@ class Inbox:
             _rollback(conn)
             raise InboxWriteFailed(f"cannot record {len(seen)} durable messages in the inbox: {exc}",
                                    handled) from exc
+        origins = [row[0] for row in seen]
+        if not all(fresh):
+            origins = [o for o, new in zip(origins, fresh) if new]
+        added = Counter(origins)
         count = self._count
-        for row, new in zip(seen, fresh):
-            if new:
-                origin = row[0]
-                n = count.pop(origin, 0) + 1
-                count[origin] = n  # re-inserted: most recently seen last
-        self._collect([row[0] for row in seen])
+        # Each origin with new rows re-inserted, most recently seen last (in the order of its last new row).
+        for origin in reversed(dict.fromkeys(reversed(origins))):
+            count[origin] = count.pop(origin, 0) + added[origin]
+        self._collect(list(added))
         if self._checkpointer is not None:
             self._checkpointer.committed()
         return fresh
 
     def done(self, msg_ids: Iterable[MessageId]) -> int:
         """Mark messages handled (their payload is dropped; the id stays for dedup). One transaction."""
-        keys = sorted({(m.origin, m.epoch, m.counter) for m in msg_ids})
+        keys = sorted(set(msg_ids))  # MessageIds are (origin, epoch, counter) tuples: sorted as keys
         if not keys:
             return 0
-        runs: list[tuple[str, int, int, int]] = []  # consecutive counters -> one range delete (exact)
-        for origin, epoch, counter in keys:
-            if runs and runs[-1][0] == origin and runs[-1][1] == epoch and runs[-1][3] == counter - 1:
-                runs[-1] = (origin, epoch, runs[-1][2], counter)
-            else:
-                runs.append((origin, epoch, counter, counter))
+        runs = _runs(keys)  # consecutive counters -> one range delete (exact)
         conn = self._require()
         try:
             conn.execute("BEGIN")

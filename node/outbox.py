@@ -216,8 +216,7 @@ class Outbox:
         if self._rows + len(self._staged) >= self.max_rows:
             raise OutboxFull(f"the outbox holds {self._rows} messages (max_rows={self.max_rows}); "
                              "wait for acknowledgements or raise max_rows")
-        m = entry.msg_id
-        self._staged.append((m.origin, m.epoch, m.counter, entry.dest_node, entry.dest_agent, entry.src_agent,
+        self._staged.append((*entry.msg_id, entry.dest_node, entry.dest_agent, entry.src_agent,
                              entry.kind, entry.priority, entry.payload, entry.expires_at_ms, entry.created_at_ms))
 
     @property
@@ -261,17 +260,12 @@ class Outbox:
 
     def ack_many(self, msg_ids: Iterable[MessageId]) -> int:
         """Forget acknowledged messages in one transaction; returns how many were stored."""
-        keys = sorted({(m.origin, m.epoch, m.counter) for m in msg_ids})
+        keys = sorted(set(msg_ids))  # MessageIds are (origin, epoch, counter) tuples: sorted as keys
         if not keys:
             return 0
         # Acks come mostly in send order, so consecutive counters collapse into one range delete each
         # (exact: every counter of a run is in `keys`).
-        runs: list[tuple[str, int, int, int]] = []
-        for origin, epoch, counter in keys:
-            if runs and runs[-1][0] == origin and runs[-1][1] == epoch and runs[-1][3] == counter - 1:
-                runs[-1] = (origin, epoch, runs[-1][2], counter)
-            else:
-                runs.append((origin, epoch, counter, counter))
+        runs = _runs(keys)
         conn = self._require()
         try:
             conn.execute("BEGIN")
@@ -349,6 +343,24 @@ def connect_wal(path: Path, synchronous: str, max_bytes: int | None, schema: str
         conn.close()
         raise
     return conn
+
+
+def _runs(keys: list[tuple[str, int, int]]) -> list[tuple[str, int, int, int]]:
+    """Sorted, distinct (origin, epoch, counter) keys as (origin, epoch, first, last) runs of consecutive
+    counters: one range statement per run instead of one per key (exact: every counter of a run is a key)."""
+    runs: list[tuple[str, int, int, int]] = []
+    if not keys:
+        return runs
+    origin, epoch, first = keys[0]
+    last = first
+    for o, e, c in keys:
+        if c == last + 1 and e == epoch and o == origin:
+            last = c
+        elif c != first or o != origin or e != epoch:  # (the first key starts the first run)
+            runs.append((origin, epoch, first, last))
+            origin, epoch, first, last = o, e, c, c
+    runs.append((origin, epoch, first, last))
+    return runs
 
 
 def _entry(r: tuple) -> OutboxEntry:  # type: ignore[type-arg]

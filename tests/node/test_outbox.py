@@ -9,9 +9,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentnode.agent_messages import KIND_DATA, MessageId
-from agentnode.outbox import Outbox, OutboxEntry, OutboxFull, StorageError
+from agentnode.outbox import Outbox, OutboxEntry, OutboxFull, StorageError, _runs
 
 
 def entry(counter: int, *, epoch: int = 1, payload: bytes = b"p", expires: int | None = None) -> OutboxEntry:
@@ -128,3 +130,15 @@ def test_storage_errors_name_the_problem(tmp_path: Path) -> None:
         Outbox(tmp_path / "x.db").pending()
     with pytest.raises(ValueError):
         Outbox(tmp_path / "x.db", synchronous="sometimes")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 2), st.integers(1, 30)), max_size=40))
+def test_runs_cover_exactly_the_keys_in_ranges_of_consecutive_counters(keys: set[tuple[str, int, int]]) -> None:
+    """`ack_many`/`Inbox.done` delete by (origin, epoch, first..last) ranges: each range holds only given keys,
+    together they hold every key, and two ranges never touch (each run is as long as it can be)."""
+    runs = _runs(sorted(keys))
+    covered = [(o, e, c) for o, e, first, last in runs for c in range(first, last + 1)]
+    assert sorted(covered) == sorted(keys) and len(covered) == len(set(covered))
+    for (o1, e1, _, l1), (o2, e2, f2, _) in zip(runs, runs[1:]):
+        assert (o1, e1) < (o2, e2) or (o1, e1) == (o2, e2) and f2 > l1 + 1
