@@ -1,8 +1,11 @@
-"""`write_promptly()`: frames sent inside the block are written when it ends, not a loop turn later.
+"""The connection manager's write path: when queued frames reach the stream.
 
-A Raft leader's entries (decision 0037) leave before the loop polls again, so a frame that arrives
-meanwhile (the second follower's acknowledgement) cannot delay them. Outside a block the per-turn
-coalescing is unchanged (test_connections_reply_now.py pins that down).
+* Replies made while a peer's frames are delivered leave in the same read callback (decision 0036):
+  a request/response exchange (a Raft AppendEntries and its acknowledgement) does not wait a loop
+  turn for the scheduled flush.
+* Frames sent inside `write_promptly()` are written when the block ends (decision 0037): a Raft
+  leader's entries leave before the loop polls again.
+* Everything else coalesces until the loop turn ends (the throughput default).
 """
 
 from __future__ import annotations
@@ -155,5 +158,65 @@ async def test_a_block_for_a_peer_still_dialling_leaves_the_frames_queued() -> N
                 break
             await asyncio.sleep(0.005)
         assert manager.stats().frames_dropped == 1
+    finally:
+        await manager.close()
+
+
+async def test_replies_to_a_batch_of_frames_are_written_once_before_the_callback_returns() -> None:
+    manager, (conn,), (stream,) = await _manager("b")
+    peer = PEER
+
+    def reply(sender: str, frame: Any) -> None:
+        manager.send(peer, ["ack", frame[1]], sender)
+
+    manager.set_handler(reply)
+    try:
+        conn.data_received(encode_frames([["req", 1], ["req", 2], ["req", 3]]))
+        # written inside data_received, all three acknowledgements in one write, in order
+        assert stream.writes == [encode_frames([["ack", 1], ["ack", 2], ["ack", 3]])]
+        await asyncio.sleep(0)  # the flush that would have been scheduled finds nothing left
+        assert len(stream.writes) == 1
+    finally:
+        await manager.close()
+
+
+async def test_sends_outside_a_delivery_still_coalesce_until_the_loop_turn_ends() -> None:
+    manager, (conn,), (stream,) = await _manager("b")
+    peer = PEER
+    try:
+        manager.send(peer, ["one"], "b")
+        manager.send(peer, ["two"], "b")
+        assert stream.writes == []
+        await asyncio.sleep(0)
+        assert stream.writes == [encode_frames([["one"], ["two"]])]
+    finally:
+        await manager.close()
+
+
+async def test_a_flush_already_scheduled_before_the_delivery_keeps_everything_in_order() -> None:
+    manager, (conn,), (stream,) = await _manager("b")
+    peer = PEER
+    manager.set_handler(lambda sender, frame: manager.send(peer, ["ack", frame[1]], sender))
+    try:
+        manager.send(peer, ["early"], "b")  # schedules the loop-turn flush
+        conn.data_received(encode_frames([["req", 1]]))
+        assert stream.writes == []  # the scheduled flush writes both, in send order
+        await asyncio.sleep(0)
+        assert stream.writes == [encode_frames([["early"], ["ack", 1]])]
+    finally:
+        await manager.close()
+
+
+async def test_a_paused_stream_gets_the_replies_when_it_resumes() -> None:
+    manager, (conn,), (stream,) = await _manager("b")
+    peer = PEER
+    manager.set_handler(lambda sender, frame: manager.send(peer, ["ack", frame[1]], sender))
+    try:
+        conn.pause_writing()
+        conn.data_received(encode_frames([["req", 1]]))
+        assert stream.writes == []
+        conn.resume_writing()
+        await asyncio.sleep(0)
+        assert stream.writes == [encode_frames([["ack", 1]])]
     finally:
         await manager.close()
