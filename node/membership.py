@@ -132,8 +132,7 @@ class MemberRecord:
     __slots__ = ("node_id", "address", "state", "incarnation", "metadata")
 
     def __init__(self, node_id: str, address: str, state: str, incarnation: int,
-                 metadata: Mapping[str, str] | None = None, now_ms: int = 0) -> None:
-        # `now_ms` is accepted for callers written before 0059 and ignored: timing is per observer.
+                 metadata: Mapping[str, str] | None = None) -> None:
         self.node_id = node_id
         self.address = address
         self.state = state

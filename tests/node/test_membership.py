@@ -110,7 +110,7 @@ def test_awareness_is_clamped_and_scales_timeouts() -> None:
 
 def test_probe_order_visits_every_member_once_per_pass() -> None:
     ids = [f"m{i}" for i in range(50)]
-    records = {k: MemberRecord(k, "h:1", ALIVE, 0, None, 0) for k in ids}
+    records = {k: MemberRecord(k, "h:1", ALIVE, 0) for k in ids}
     order = ProbeOrder(random.Random(3))
     first = [order.next(ids, records) for _ in range(50)]
     second = [order.next(ids, records) for _ in range(50)]
@@ -120,7 +120,7 @@ def test_probe_order_visits_every_member_once_per_pass() -> None:
 
 def test_probe_order_skips_members_no_longer_probed() -> None:
     ids = ["a", "b", "c"]
-    records = {k: MemberRecord(k, "h:1", ALIVE, 0, None, 0) for k in ids}
+    records = {k: MemberRecord(k, "h:1", ALIVE, 0) for k in ids}
     order = ProbeOrder(random.Random(1))
     records["b"].state = DEAD
     seen = {order.next(["a", "c"], records) for _ in range(6)}
