@@ -92,12 +92,21 @@ MAX_SUSPICION_RECHECKS = 8
 verdict stands. At most 8 x 2 scaled probe periods (64 s on the LAN profile at the worst health)."""
 RECENT_ACKERS = 16
 """Members that answered our last probes; ping-req helpers are drawn from them first."""
+RECENT_SENDERS = 64
+"""Members whose last frame's arrival time is kept (most recent first out): a dead verdict about one
+heard from within the minimum suspicion timeout is stale (decision 0045)."""
 MAX_OUTBOX = 100_000
 """Frames waiting for `messages_to_send`; beyond this new frames are dropped and counted."""
 MAX_EVENTS = 100_000
 """Events waiting for `next_event`; beyond this the oldest are dropped and counted."""
 LEAVE_FANOUT_MULT = 2
 """A leave is sent at once to gossip_nodes * this many members, then gossiped as usual."""
+
+JOIN_FOLLOW_UPS = 3
+"""Anti-entropy push-pulls a joiner runs at doubling spacing (2-6, then 4-12, then 8-24 probe periods)
+before the size-scaled period (180 s at 1000 nodes): a node that joined while others did is unknown to
+most of them as their joins are gossiped, so gossip alone leaves stragglers; each later pull reaches a
+peer that knew more, and a lost one costs one round, not a push-pull period (decision 0059)."""
 
 LIVE_STALE_MIN = 32
 """Departed members left in the live list before it is compacted (and at least as many as live ones)."""
@@ -235,6 +244,8 @@ class NodeCore:
         self._heard_ms = -1
         """When any member's frame last arrived: a cut-off node hears nothing (decision 0044)."""
         self._recent_ok: deque[str] = deque(maxlen=RECENT_ACKERS)
+        self._heard_from: dict[str, int] = {}
+        """Sender -> when its last frame arrived, for the RECENT_SENDERS latest senders (oldest first)."""
         self._seq = 0
         self._seeds: dict[str, None] = {}
         self._seed_cursor = 0
@@ -242,6 +253,8 @@ class NodeCore:
         self._started = False
         self._leaving = False
         self._joined = False
+        self._follow_ups = 0
+        """Join follow-up push-pulls still to run (JOIN_FOLLOW_UPS)."""
         self._next_probe_ms = 0
         self._next_gossip_ms = 0
         self._next_push_pull_ms = 0
@@ -345,6 +358,10 @@ class NodeCore:
             c["dropped_not_started"] += 1
             return
         self._heard_ms = now_ms
+        heard = self._heard_from
+        if heard.pop(sender_id, None) is None and len(heard) >= RECENT_SENDERS:
+            del heard[next(iter(heard))]
+        heard[sender_id] = now_ms
         self._handlers[type(message)](sender_id, message, now_ms)  # type: ignore[operator]
         rec = self._members.get(sender_id)
         if rec is not None and (rec.state == DEAD or rec.state == SUSPECT) and not self._leaving:
@@ -539,8 +556,10 @@ class NodeCore:
         self._merge(msg.states, sender, now_ms)
         if not self._joined:
             # Follow-up anti-entropy soon after joining: nodes that joined right after us are not in the
-            # seed's reply, and merged facts are not re-gossiped. 2-6 probe periods, randomised.
+            # seed's reply, and merged facts are not re-gossiped. 2-6 probe periods, randomised; then
+            # JOIN_FOLLOW_UPS - 1 more at doubling spacing (`_push_pull_tick`).
             self._joined = True
+            self._follow_ups = JOIN_FOLLOW_UPS
             interval = self.profile.probe_interval_ms
             self._next_push_pull_ms = min(self._next_push_pull_ms, now_ms + self._rng.randrange(2 * interval, 6 * interval))
 
@@ -611,6 +630,17 @@ class NodeCore:
             return
         if u.incarnation < rec.incarnation or (u.incarnation == rec.incarnation and kind == KIND_ALIVE):
             return  # old news, ignored by every rule below (also tested in `_merge` and `_apply_all`, keep in step)
+        if kind == KIND_DEAD and u.incarnation == rec.incarnation and rec.state in _LIVE:
+            heard = self._heard_from.get(node_id)
+            if heard is not None and now_ms - heard < self._susp_min_ms:
+                # A true verdict rests on a whole suspicion timeout (at least the minimum) of silence
+                # after the crash, yet this member spoke to us within that time: the verdict comes from
+                # the far side of a partition that has healed (or from loss only its accuser saw). Drop
+                # it and tell the member, whose refutation then overrides the verdict everywhere (0045).
+                self._counters["stale_verdicts"] += 1
+                if self._rate_ok(node_id, now_ms):
+                    self._send(rec.address, node_id, Gossip((u,)))
+                return
         suspicion = self._suspicions.get(node_id) if rec.state == SUSPECT else None
         if (kind == KIND_DEAD and suspicion is not None and u.incarnation == rec.incarnation
                 and len(suspicion.accusers) == 1 and (u.origin or sender) in suspicion.accusers):
@@ -618,6 +648,18 @@ class NodeCore:
             # verdict, turned into a suspicion below): a second copy of one rumour is no evidence, and
             # accepting it would undo that rule within one gossip round. With any other accuser (our
             # own failed probe included) the verdict is accepted as before (decision 0044).
+            self._counters["stale_verdicts"] += 1
+            return
+        if (kind == KIND_DEAD and suspicion is not None and u.incarnation == rec.incarnation
+                and now_ms - suspicion.start_ms < self._susp_min_ms // 2 and self.node_id not in suspicion.accusers):
+            # We learnt of the suspicion only just now, from others: a crash spreads its suspicion for a
+            # whole suspicion timeout (at least the minimum) before any verdict, so suspicion and
+            # verdict arriving together are the queues of a healed partition's far side. The verdict
+            # confirms (shortens the timer); our own probe of the member (`_to_check`), the timer or a
+            # later copy decides, and the member has that long to refute (decision 0045).
+            if suspicion.confirm(u.origin or sender):
+                self._counters["confirmations"] += 1
+                self._push_timer(suspicion.deadline_ms, _TIMER_SUSPICION, node_id)
             self._counters["stale_verdicts"] += 1
             return
         if kind == KIND_DEAD and rec.state == ALIVE and u.incarnation >= rec.incarnation:
@@ -922,7 +964,14 @@ class NodeCore:
             self._counters["gossip_sent"] += 1
 
     def _push_pull_tick(self, now_ms: int) -> None:
-        self._next_push_pull_ms = now_ms + self._push_pull_period()
+        period = self._push_pull_period()
+        if self._follow_ups:
+            self._follow_ups -= 1
+            if self._follow_ups:
+                scale = 1 << (JOIN_FOLLOW_UPS - self._follow_ups)
+                interval = self.profile.probe_interval_ms
+                period = min(period, self._rng.randrange(2 * scale * interval, 6 * scale * interval))
+        self._next_push_pull_ms = now_ms + period
         peers = self._sample_live(1, None)
         if peers:
             self._send_push_pull(self._members[peers[0]].address, peers[0], join=False)

@@ -3,7 +3,8 @@
 Per-node rates divide by node-seconds actually running; detection times are measured from the
 fault to each observer's first suspect/dead; "false" suspicions/deaths are those of a node that
 had been up the whole time (never crashed, stopped or paused since its first start) and was not
-partitioned from its accuser at that moment (world.py `_observe`, `SimNode.up_whole_time`).
+partitioned from its observer at any moment since the observer stopped seeing it alive (world.py
+`_observe`, `_cut_between`, `SimNode.up_whole_time`; decision 0045).
 """
 
 from __future__ import annotations

@@ -151,6 +151,10 @@ class SimNetwork:
     def partitioned(self) -> bool:
         return bool(self._blocked)
 
+    def cut(self) -> tuple[tuple[int, ...], frozenset[tuple[int, int]]]:
+        """The partition now in force: (group of each node, blocked (from group, to group) pairs)."""
+        return tuple(self.group_of), frozenset(self._blocked)
+
     def blocked(self, src: int, dst: int) -> bool:
         """True if a partition drops every frame from `src` to `dst`."""
         return bool(self._blocked) and (self.group_of[src], self.group_of[dst]) in self._blocked

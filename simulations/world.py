@@ -238,6 +238,9 @@ class World:
         """(quiet since, running nodes, converged at) for every quiet period that converged, in order."""
         self.last_heal_ms = 0
         """Last time a partition or clog was lifted."""
+        self.cuts: list[tuple[int, int | None, tuple[int, ...], frozenset[tuple[int, int]]]] = []
+        """Every partition of the run: (from, until (None while in force), group of each node, blocked
+        group pairs). A suspicion that began while its pair was cut is explained, not false."""
         self.node_ms = 0
         """Integral of running nodes over simulated time (node-milliseconds), for per-node rates."""
         self._node_ms_at = 0
@@ -569,8 +572,7 @@ class World:
         if state in (SUSPECT, DEAD) and old in (0, ALIVE, SUSPECT):
             key = "suspicions" if state == SUSPECT else "deaths"
             self.counters[key] += 1
-            if (target.up_whole_time and not self.network.blocked(observer, subject)
-                    and not self.network.blocked(subject, observer)):
+            if target.up_whole_time and not self._cut_between(observer, subject, now):
                 self.counters["false_" + key] += 1
         elif state == ALIVE and old in (SUSPECT, DEAD):
             self.counters["refutations_seen"] += 1
@@ -579,6 +581,26 @@ class World:
             for w in watches:
                 if state in w.states and now >= w.since_ms and observer not in w.first_ms:
                     w.first_ms[observer] = now
+
+    def _end_cut(self, now: int) -> None:
+        if self.cuts and self.cuts[-1][1] is None:
+            start, _, group_of, blocked = self.cuts[-1]
+            self.cuts[-1] = (start, now, group_of, blocked)
+
+    def _cut_between(self, a: int, b: int, now: int) -> bool:
+        """Was either direction between `a` and `b` cut at any time since `a` stopped seeing `b` alive?
+
+        Such a verdict rests on probes a partition really dropped: a suspicion that times out just
+        after the heal (before the suspect can hear of it and refute) is SWIM working as specified,
+        not a false death. A verdict on a pair never cut in that time stays false (decision 0045)."""
+        since = self.views.not_alive_since.get(a * self.views.capacity + b, now)
+        for start, end, group_of, blocked in reversed(self.cuts):
+            if end is not None and end < since:
+                break
+            ga, gb = group_of[a], group_of[b]
+            if (ga, gb) in blocked or (gb, ga) in blocked:
+                return True
+        return False
 
     # ---- faults --------------------------------------------------------------------------
 
@@ -622,8 +644,11 @@ class World:
                 self.paused_count += 1
                 self.scheduler.push(now + fault.duration_ms, RESUME, node.index, node.epoch)
         elif isinstance(fault, Partition):
+            self._end_cut(now)
             net.partition([list(g) for g in fault.groups], one_way=fault.one_way)
+            self.cuts.append((now, None, *net.cut()))
         elif isinstance(fault, Heal):
+            self._end_cut(now)
             net.heal()
             self.last_heal_ms = now
         elif isinstance(fault, Loss):

@@ -152,6 +152,12 @@ def test_a_second_copy_of_a_stale_verdict_does_not_kill() -> None:
     net = Net(6)
     net.run_until(5_000)
     observer, subject, cut_off = "n02", "n03", "n05"
+    # The observer has not heard from the subject for longer than the minimum suspicion timeout (a
+    # verdict about a member heard from since is dropped outright: the next test).
+    net.drop = lambda src, dst, msg: (src, dst) == (subject, observer)
+    net.run_until(net.now + 2 * LAN.suspicion_min_ms_per_log10_nodes)
+    net.drop = lambda src, dst, msg: False
+    assert net.state(observer, subject) == "alive"
     verdict = encode(Gossip((Update(KIND_DEAD, subject, 0, "10.0.0.3:7946", cut_off, None),)), CLUSTER)
     core = net.cores[observer]
     core.receive(cut_off, verdict, net.now)
@@ -163,11 +169,41 @@ def test_a_second_copy_of_a_stale_verdict_does_not_kill() -> None:
     net.run_until(net.now + 10_000)
     assert net.failed(subject) == []
     assert net.state(observer, subject) == "alive"
-    # A verdict from a second, independent node is evidence: it is accepted as before.
+    # A verdict from a second, independent node is evidence: it is accepted as before (once the
+    # subject has been silent towards us for long enough, as above).
+    net.drop = lambda src, dst, msg: (src, dst) == (subject, observer)
+    net.run_until(net.now + 2 * LAN.suspicion_min_ms_per_log10_nodes)
     net.cores[observer].receive(cut_off, verdict, net.now)
     other = encode(Gossip((Update(KIND_DEAD, subject, net.cores[subject].incarnation, "10.0.0.3:7946", "n01", None),)),
                    CLUSTER)
     net.cores[observer].receive("n01", other, net.now)
+    assert net.state(observer, subject) in ("suspect", "dead")
+
+
+def test_a_verdict_about_a_member_heard_from_since_is_dropped_and_the_member_told() -> None:
+    """A true dead verdict follows at least the minimum suspicion timeout of silence from its subject.
+    One about a member that spoke to us within that time comes from the far side of a healed
+    partition (partition-heal seed 1 after decision 0059's join change): it must not even become a
+    suspicion here, and the member hears it and refutes, which clears the verdict everywhere (0045)."""
+    net = Net(6)
+    net.run_until(5_000)
+    observer, subject, cut_off = "n02", "n03", "n05"
+    net.cores[observer].receive(subject, encode(Gossip(()), CLUSTER), net.now)  # it just spoke to us
+    verdict = encode(Gossip((Update(KIND_DEAD, subject, 0, "10.0.0.3:7946", cut_off, None),)), CLUSTER)
+    core = net.cores[observer]
+    core.receive(cut_off, verdict, net.now + 10)
+    core.receive("n04", verdict, net.now + 20)
+    assert net.state(observer, subject) == "alive"
+    assert core.counters["stale_verdicts"] == 2
+    net.pump(observer)  # the notice to the subject
+    net.run_until(net.now + 2_000)
+    assert net.cores[subject].incarnation == 1, "the subject did not refute the verdict it was told of"
+    assert net.failed(subject) == []
+    # Once the subject has been silent for the minimum suspicion timeout, a verdict counts again.
+    net.drop = lambda src, dst, msg: src == subject
+    net.run_until(net.now + 2 * LAN.suspicion_min_ms_per_log10_nodes)
+    fresh = encode(Gossip((Update(KIND_DEAD, subject, 1, "10.0.0.3:7946", cut_off, None),)), CLUSTER)
+    core.receive(cut_off, fresh, net.now)
     assert net.state(observer, subject) in ("suspect", "dead")
 
 

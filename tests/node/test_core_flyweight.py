@@ -53,7 +53,7 @@ def test_cores_given_one_interner_share_records_and_stay_independent() -> None:
     # `a` suspects m5 and later declares it dead; `b` keeps it alive, and a refutation moves only b.
     feed(a, "m1", [Update(KIND_SUSPECT, "m5", 0, "m5:7946", "m1", None)], 10)
     assert a.member("m5").state == SUSPECT and b.member("m5").state == ALIVE
-    feed(a, "m2", [Update(KIND_DEAD, "m5", 0, "m5:7946", "m2", None)], 20)
+    feed(a, "m2", [Update(KIND_DEAD, "m5", 0, "m5:7946", "m2", None)], 1_000)  # past the young-suspicion hold (0045)
     assert a.member("m5").state == DEAD and b.member("m5").state == ALIVE
     feed(b, "m5", [alive(5, incarnation=1)], 30)
     assert (a.member("m5").state, a.member("m5").incarnation) == (DEAD, 0)
@@ -141,3 +141,28 @@ def test_interner_is_bounded_and_rejects_foreign_objects() -> None:
     assert small.record("m9", "h:1", ALIVE, 0, None) is records[9]
     with pytest.raises(ValueError, match="MemberInterner"):
         NodeCore("x", "x:1", cluster=CLUSTER, profile=PROFILE, rng=random.Random(1), interner={})  # type: ignore[arg-type]
+
+
+def test_a_joiner_runs_three_follow_up_push_pulls_at_doubling_spacing() -> None:
+    """0059 amendment: joins gossiped while a joiner is still unknown skip it; three follow-up pulls
+    (2-6, 4-12, 8-24 probe periods apart) repair that before the periodic push-pull takes over."""
+    # Nobody answers this core's probes: huge suspicion timeouts keep its members live (suspect).
+    profile = replace(PROFILE, suspicion_min_ms_per_log10_nodes=600_000)
+    core = NodeCore("j", "j:7946", cluster=CLUSTER, profile=profile, rng=random.Random(5))
+    core.start(0)
+    core.add_seeds(["m0:7946"], 0)
+    core.messages_to_send()
+    core.receive("m0", _as_lists(encode(PushPullReply(tuple(alive(i) for i in range(5))), CLUSTER)), 1)
+    core.messages_to_send()
+    pulls: list[int] = []
+    now = 1
+    while now < 55_000:
+        now = max(now + 1, core.get_timer() or now)
+        core.handle_timer(now)
+        pulls += [now for o in core.messages_to_send() if isinstance(decode(o.frame, CLUSTER), PushPull)]
+    interval = profile.probe_interval_ms
+    gaps = [b - a for a, b in zip([1] + pulls, pulls)]
+    assert len(gaps) == 4, pulls
+    for gap, scale in zip(gaps, (1, 2, 4)):
+        assert 2 * scale * interval <= gap < 6 * scale * interval, (gaps, scale)
+    assert gaps[3] == profile.push_pull_interval_ms  # then the periodic push-pull (5 members: unscaled)

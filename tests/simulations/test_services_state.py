@@ -131,12 +131,12 @@ def test_cli_exits_1_with_the_seed_and_replay_command_when_replicas_lag() -> Non
     def _noop() -> None:
         pass
 
-    replay = ("agentnode simulate --nodes 5 --seed 1 --scenario lossy --duration-s 20 --loss 0.3 --services state "
+    replay = ("agentnode simulate --nodes 5 --seed 2 --scenario lossy --duration-s 20 --loss 0.3 --services state "
               "--state-writes 50 --state-bound-s 0.2")
     runner = CliRunner()
     result = runner.invoke(app, shlex.split(replay)[1:] + ["--json"])
     assert result.exit_code == 1
-    assert "INVARIANT VIOLATED: crdt-converged" in result.stderr and "(seed 1)" in result.stderr
+    assert "INVARIANT VIOLATED: crdt-converged" in result.stderr and "(seed 2)" in result.stderr
     assert replay in result.stderr and "key 'k" in result.stderr
     again = runner.invoke(app, shlex.split(replay)[1:] + ["--json"])
     import json
