@@ -45,6 +45,7 @@ def join(
     metrics: str = typer.Option(None, "--metrics", help="Serve Prometheus metrics on HOST:PORT (GET /metrics); off by default."),
     a2a: str = typer.Option(None, "--a2a", help="Serve the A2A gateway on HOST:PORT: any A2A client reaches any agent of the mesh here; off by default."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    tune_gc: bool = typer.Option(True, "--tune-gc/--no-tune-gc", help="Freeze the start-up heap and collect young objects less often (latency; see docs/messaging.md)."),
 ) -> None:
     from agentnode.config import NodeConfig
 
@@ -76,15 +77,18 @@ def join(
             metrics=metrics,
             a2a=a2a,
         )
-        _run(config)
+        _run(config, tune_gc)
 
 
-def _run(config: Any) -> None:
-    from agentnode.runtime import Node
+def _run(config: Any, tune_gc: bool = True) -> None:
+    from agentnode.runtime import Node, tune_gc as freeze_and_tune
 
     async def main() -> None:
         node = Node(config)
         await node.start()
+        if tune_gc:
+            # This process exists to run the node, so it owns the collector setting (decision 0125).
+            freeze_and_tune()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: loop.create_task(node.leave()))

@@ -84,7 +84,7 @@ def run_messaging_benchmark(messages: int = 50_000, *, broadcast_nodes: int = 10
 async def _unicast_phases(messages: int) -> dict[str, Any]:
     from agentnode.config import NodeConfig
     from agentnode.local_cluster import LocalCluster
-    from agentnode.runtime import Node
+    from agentnode.runtime import Node, tune_gc
     from agentnode.transport.identity import issue_node_certificate
 
     with tempfile.TemporaryDirectory(prefix="agentnode-msgbench-") as tmp:
@@ -97,6 +97,9 @@ async def _unicast_phases(messages: int) -> dict[str, Any]:
             config = NodeConfig.build(data_dir=root / "sender", listen="127.0.0.1:0", bootstrap=[receiver.address],
                                       cluster=cluster.cluster, mdns=False, profile="local")
             async with Node(config) as node:
+                # The sender is configured like a latency-minded embedding application (docs/messaging.md,
+                # "Latency"); the receiver's `agentnode join` does the same by default (decision 0125).
+                tune_gc()
                 sink = f"sink@{receiver.node_id}"
                 await _wait(lambda: node.agents.registry.lookup(sink) is not None, "the sink agent to be visible")
                 payload = b"x" * PAYLOAD_BYTES

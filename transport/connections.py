@@ -99,8 +99,21 @@ Dialer = Callable[[Address, "str | None"], Awaitable[tuple[Stream, str, Callable
 function that binds the stream's callbacks to the `Connection`. Raise `PeerRefused` for identity
 failures and `OSError`/`TimeoutError` for the rest."""
 
-_PROMPT: contextvars.ContextVar[list[Connection] | None] = contextvars.ContextVar("agentnode_transport_prompt", default=None)
-"""Connections with frames queued inside the innermost open `write_promptly()` block of this context."""
+class _Block:
+    """One open `write_promptly()` block: the connections with frames queued inside it."""
+
+    __slots__ = ("conns", "open")
+
+    def __init__(self) -> None:
+        self.conns: list[Connection] = []
+        self.open = True
+        """False once the block ended. Callbacks and tasks created inside the block copy the context and
+        still see this object later; a closed block must then count as no block at all, or their
+        frames would wait for a write that never comes."""
+
+
+_PROMPT: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("agentnode_transport_prompt", default=None)
+"""The outermost open `write_promptly()` block of this context, if any."""
 
 
 class write_promptly:  # noqa: N801 (used like a function: `with write_promptly():`)
@@ -120,16 +133,18 @@ class write_promptly:  # noqa: N801 (used like a function: `with write_promptly(
     __slots__ = ("_token",)
 
     def __enter__(self) -> None:
-        self._token = _PROMPT.set([]) if _PROMPT.get() is None else None
+        block = _PROMPT.get()
+        self._token = _PROMPT.set(_Block()) if block is None or not block.open else None
 
     def __exit__(self, *exc: object) -> None:
         token = self._token
         if token is None:
             return  # an outer block writes
-        conns = _PROMPT.get()
+        block = _PROMPT.get()
         _PROMPT.reset(token)
-        if conns:
-            for conn in conns:
+        if block is not None:
+            block.open = False
+            for conn in block.conns:
                 conn._write_prompt()
 
 
@@ -272,7 +287,7 @@ class Connection:
         while self.peer.queue and self.state == _ACTIVE and self.peer.conn is self:
             self._write_batch()
 
-    def _queued_in_block(self, prompt: list[Connection]) -> None:
+    def _queued_in_block(self, block: _Block) -> None:
         """Frames were queued inside a `write_promptly()` block: write them when it ends."""
         if self.paused:
             return  # resume_writing flushes
@@ -282,7 +297,7 @@ class Connection:
                 self._manager._loop.call_soon(self._flush)
         elif not self._prompt:
             self._prompt = True
-            prompt.append(self)
+            block.conns.append(self)
 
     def _write_prompt(self) -> None:
         """End of a `write_promptly()` block: write what is queued now (a scheduled flush finds less)."""
@@ -442,9 +457,9 @@ class ConnectionManager:
         peer.queued_bytes += n + 4
         conn = peer.conn
         if conn is not None:
-            prompt = _PROMPT.get()
-            if prompt is not None:
-                conn._queued_in_block(prompt)
+            block = _PROMPT.get()
+            if block is not None and block.open:
+                conn._queued_in_block(block)
             elif not conn._flush_scheduled and not conn.paused:
                 conn._flush_scheduled = True
                 self._loop.call_soon(conn._flush)
@@ -484,9 +499,9 @@ class ConnectionManager:
         peer.queued_bytes += len(data)
         conn = peer.conn
         if conn is not None:
-            prompt = _PROMPT.get()
-            if prompt is not None:
-                conn._queued_in_block(prompt)
+            block = _PROMPT.get()
+            if block is not None and block.open:
+                conn._queued_in_block(block)
             elif not conn._flush_scheduled and not conn.paused:
                 conn._flush_scheduled = True
                 self._loop.call_soon(conn._flush)

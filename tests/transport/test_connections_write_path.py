@@ -220,3 +220,36 @@ async def test_a_paused_stream_gets_the_replies_when_it_resumes() -> None:
         assert stream.writes == [encode_frames([["ack", 1]])]
     finally:
         await manager.close()
+
+
+async def test_callbacks_and_tasks_made_inside_a_block_send_normally_after_it_ended() -> None:
+    """They copy the context while the block is open and run after it ended: their frames must be
+    flushed at the end of their loop turn, not left for a block write that never comes (a request
+    made inside `write_promptly()` armed the delivery timer there, and every later timer-driven
+    frame then waited for some other flush: 32 ms request round trips)."""
+    manager, _, (b,) = await _manager("b")
+    loop = asyncio.get_running_loop()
+    sent = asyncio.Event()
+
+    def later() -> None:
+        manager.send(PEER, ["from a callback"], "b")
+        sent.set()
+
+    async def task() -> None:
+        await asyncio.sleep(0.01)
+        manager.send(PEER, ["from a task"], "b")
+
+    try:
+        with write_promptly():
+            manager.send(PEER, ["in the block"], "b")
+            loop.call_later(0.005, later)
+            spawned = asyncio.create_task(task())
+        assert b.writes == [encode_frames([["in the block"]])]
+        await asyncio.wait_for(sent.wait(), 1)
+        await asyncio.sleep(0)
+        assert b.writes[1:] == [encode_frames([["from a callback"]])]
+        await asyncio.wait_for(spawned, 1)
+        await asyncio.sleep(0)
+        assert b.writes[2:] == [encode_frames([["from a task"]])]
+    finally:
+        await manager.close()
