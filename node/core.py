@@ -630,36 +630,9 @@ class NodeCore:
             return
         if u.incarnation < rec.incarnation or (u.incarnation == rec.incarnation and kind == KIND_ALIVE):
             return  # old news, ignored by every rule below (also tested in `_merge` and `_apply_all`, keep in step)
-        if kind == KIND_DEAD and u.incarnation == rec.incarnation and rec.state in _LIVE:
-            heard = self._heard_from.get(node_id)
-            if heard is not None and now_ms - heard < self._susp_min_ms:
-                # A true verdict rests on a whole suspicion timeout (at least the minimum) of silence
-                # after the crash, yet this member spoke to us within that time: the verdict comes from
-                # the far side of a partition that has healed (or from loss only its accuser saw). Drop
-                # it and tell the member, whose refutation then overrides the verdict everywhere (0045).
-                self._counters["stale_verdicts"] += 1
-                if self._rate_ok(node_id, now_ms):
-                    self._send(rec.address, node_id, Gossip((u,)))
-                return
         suspicion = self._suspicions.get(node_id) if rec.state == SUSPECT else None
-        if (kind == KIND_DEAD and suspicion is not None and u.incarnation == rec.incarnation
-                and len(suspicion.accusers) == 1 and (u.origin or sender) in suspicion.accusers):
-            # Our suspicion is nothing but this node's accusation (often its earlier copy of this very
-            # verdict, turned into a suspicion below): a second copy of one rumour is no evidence, and
-            # accepting it would undo that rule within one gossip round. With any other accuser (our
-            # own failed probe included) the verdict is accepted as before (decision 0044).
-            self._counters["stale_verdicts"] += 1
-            return
-        if (kind == KIND_DEAD and suspicion is not None and u.incarnation == rec.incarnation
-                and now_ms - suspicion.start_ms < self._susp_min_ms // 2 and self.node_id not in suspicion.accusers):
-            # We learnt of the suspicion only just now, from others: a crash spreads its suspicion for a
-            # whole suspicion timeout (at least the minimum) before any verdict, so suspicion and
-            # verdict arriving together are the queues of a healed partition's far side. The verdict
-            # confirms (shortens the timer); our own probe of the member (`_to_check`), the timer or a
-            # later copy decides, and the member has that long to refute (decision 0045).
-            if suspicion.confirm(u.origin or sender):
-                self._counters["confirmations"] += 1
-                self._push_timer(suspicion.deadline_ms, _TIMER_SUSPICION, node_id)
+        if (kind == KIND_DEAD and u.incarnation == rec.incarnation and rec.state in _LIVE
+                and self._verdict_held(u, rec, suspicion, sender, now_ms)):
             self._counters["stale_verdicts"] += 1
             return
         if kind == KIND_DEAD and rec.state == ALIVE and u.incarnation >= rec.incarnation:
@@ -707,6 +680,37 @@ class NodeCore:
             self._emit(ev.MemberLeft(node_id, rec.incarnation))
         if gossip:
             self._enqueue(u)
+
+    def _verdict_held(self, u: Update, rec: MemberRecord, suspicion: Suspicion | None, sender: str, now_ms: int) -> bool:
+        """A third party's dead verdict about a member we hold alive or suspect, at its incarnation:
+        True if it must not kill here (decisions 0044, 0045). A true verdict follows a crash by a whole
+        suspicion timeout (at least the minimum) of silence, whose suspicion gossip reached us first."""
+        node_id = rec.node_id
+        accuser = u.origin or sender
+        heard = self._heard_from.get(node_id)
+        if heard is not None and now_ms - heard < self._susp_min_ms:
+            # The member spoke to us within that time: the verdict comes from the far side of a partition
+            # that has healed (or from loss only its accuser saw). Tell the member, whose refutation then
+            # overrides the verdict everywhere.
+            if self._rate_ok(node_id, now_ms):
+                self._send(rec.address, node_id, Gossip((u,)))
+            return True
+        if suspicion is None:
+            return False  # alive here: `_apply` turns the verdict into a suspicion
+        if len(suspicion.accusers) == 1 and accuser in suspicion.accusers:
+            # Our suspicion is nothing but this node's accusation (often its earlier copy of this very
+            # verdict, turned into a suspicion by `_apply`): a second copy of one rumour is no evidence.
+            # With any other accuser (our own failed probe included) the verdict stands (0044).
+            return True
+        if now_ms - suspicion.start_ms < self._susp_min_ms // 2 and self.node_id not in suspicion.accusers:
+            # We learnt of the suspicion only just now, from others: suspicion and verdict arriving
+            # together are the queues of a healed partition's far side. The verdict confirms (shortens
+            # the timer); our own probe of the member (`_to_check`), the timer or a later copy decides.
+            if suspicion.confirm(accuser):
+                self._counters["confirmations"] += 1
+                self._push_timer(suspicion.deadline_ms, _TIMER_SUSPICION, node_id)
+            return True
+        return False
 
     def _about_me(self, u: Update, sender: str, now_ms: int) -> None:
         """Someone talks about us: refute any suspicion, death or stale alive (SWIM §4.2)."""

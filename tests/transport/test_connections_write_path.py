@@ -53,6 +53,11 @@ async def _manager(*peers: str) -> tuple[ConnectionManager, list[Any], list[_Str
     return manager, conns, streams
 
 
+def _acknowledge(manager: ConnectionManager) -> None:
+    """Handler: answer each ["req", n] with ["ack", n] to its sender."""
+    manager.set_handler(lambda sender, frame: manager.send(PEER, ["ack", frame[1]], sender))
+
+
 async def test_frames_sent_in_a_block_are_written_when_it_ends_one_write_per_peer() -> None:
     manager, _, (b, c) = await _manager("b", "c")
     try:
@@ -164,12 +169,7 @@ async def test_a_block_for_a_peer_still_dialling_leaves_the_frames_queued() -> N
 
 async def test_replies_to_a_batch_of_frames_are_written_once_before_the_callback_returns() -> None:
     manager, (conn,), (stream,) = await _manager("b")
-    peer = PEER
-
-    def reply(sender: str, frame: Any) -> None:
-        manager.send(peer, ["ack", frame[1]], sender)
-
-    manager.set_handler(reply)
+    _acknowledge(manager)
     try:
         conn.data_received(encode_frames([["req", 1], ["req", 2], ["req", 3]]))
         # written inside data_received, all three acknowledgements in one write, in order
@@ -182,10 +182,9 @@ async def test_replies_to_a_batch_of_frames_are_written_once_before_the_callback
 
 async def test_sends_outside_a_delivery_still_coalesce_until_the_loop_turn_ends() -> None:
     manager, (conn,), (stream,) = await _manager("b")
-    peer = PEER
     try:
-        manager.send(peer, ["one"], "b")
-        manager.send(peer, ["two"], "b")
+        manager.send(PEER, ["one"], "b")
+        manager.send(PEER, ["two"], "b")
         assert stream.writes == []
         await asyncio.sleep(0)
         assert stream.writes == [encode_frames([["one"], ["two"]])]
@@ -195,10 +194,9 @@ async def test_sends_outside_a_delivery_still_coalesce_until_the_loop_turn_ends(
 
 async def test_a_flush_already_scheduled_before_the_delivery_keeps_everything_in_order() -> None:
     manager, (conn,), (stream,) = await _manager("b")
-    peer = PEER
-    manager.set_handler(lambda sender, frame: manager.send(peer, ["ack", frame[1]], sender))
+    _acknowledge(manager)
     try:
-        manager.send(peer, ["early"], "b")  # schedules the loop-turn flush
+        manager.send(PEER, ["early"], "b")  # schedules the loop-turn flush
         conn.data_received(encode_frames([["req", 1]]))
         assert stream.writes == []  # the scheduled flush writes both, in send order
         await asyncio.sleep(0)
@@ -209,8 +207,7 @@ async def test_a_flush_already_scheduled_before_the_delivery_keeps_everything_in
 
 async def test_a_paused_stream_gets_the_replies_when_it_resumes() -> None:
     manager, (conn,), (stream,) = await _manager("b")
-    peer = PEER
-    manager.set_handler(lambda sender, frame: manager.send(peer, ["ack", frame[1]], sender))
+    _acknowledge(manager)
     try:
         conn.pause_writing()
         conn.data_received(encode_frames([["req", 1]]))
