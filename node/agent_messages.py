@@ -469,7 +469,7 @@ def batch_frame(envelopes: list[list[Any]], acks: Acks | tuple[list[list[Any]], 
     with ids as (origin, epoch, counter) sequences."""
     frame = [PROTOCOL_VERSION, cluster, _T_BATCH, envelopes]
     if type(acks) is tuple:  # (entries in wire form, rejects), as for `acks_frame`
-        frame += [acks[0], _rejects_wire(acks[1])]
+        frame += [acks[0], _rejects_wire(acks[1]) if acks[1] else []]
     elif acks is not None:
         frame += _acks_wire(acks)  # type: ignore[arg-type]
     return frame

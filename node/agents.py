@@ -275,6 +275,9 @@ class Reply:
         return json.loads(self.payload)
 
 
+_reply = fast_constructor(Reply)
+"""`Reply(...)` with every field given: one per answered request."""
+
 Handler = Callable[[Message], Union[Awaitable[Any], Any]]
 """`handler(message)`; for a request its return value (bytes, str, None or JSON-able) is the answer."""
 HealthCheck = Callable[[], Union[Awaitable[bool], bool]]
@@ -576,6 +579,7 @@ class AgentService:
         """Agent ids whose unique name is being claimed (registration in progress)."""
         self.sender_id = f"{BUILTIN_NAME}@{self.node_id}"
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._time = node._require_loop().time
         self._agents: dict[str, Agent] = {}
         self._waiters: dict[MessageId, _Waiter] = {}
         self._durable: dict[MessageId, _Staged] = {}
@@ -994,7 +998,15 @@ class AgentService:
                 return self._request_to(c.agent_id, c.node_id, body, max(1, int(left * 1000)), prio, policy, src, True)
 
             return await self._failover(to, attempt)
-        return await self._request_to(to, self._resolve(to), body, timeout_ms, prio, policy, src, False)
+        # `_request_to` inlined: one coroutine frame less on the round trip.
+        node_id = self._resolve(to)
+        if self.delivery.capacity(node_id, to, prio) <= 0:
+            await self._room_for(node_id, to, prio, policy, timeout_ms / 1000)
+        future = self._start_request(to, node_id, body, timeout_ms, prio, policy, src, False)
+        started = time.perf_counter()
+        result = await future
+        self.counters["replies"] += 1
+        return _reply(result.payload, result.from_agent, result.dest_node, (time.perf_counter() - started) * 1000)
 
     async def publish(self, topic: str, payload: Payload) -> MessageId:
         if not isinstance(topic, str) or not topic:
@@ -1117,6 +1129,15 @@ class AgentService:
                           src: str, balanced: bool) -> Reply:
         if self.delivery.capacity(node_id, agent_id, prio) <= 0:
             await self._room_for(node_id, agent_id, prio, policy, timeout_ms / 1000)
+        future = self._start_request(agent_id, node_id, body, timeout_ms, prio, policy, src, balanced)
+        started = time.perf_counter()
+        result = await future
+        self.counters["replies"] += 1
+        return _reply(result.payload, result.from_agent, result.dest_node, (time.perf_counter() - started) * 1000)
+
+    def _start_request(self, agent_id: str, node_id: str, body: bytes, timeout_ms: int, prio: int, policy: str,
+                       src: str, balanced: bool) -> asyncio.Future[Any]:
+        """Hand a request to the delivery core and write it; the future resolves with its answer."""
         try:
             msg_id = self.delivery.request(node_id, agent_id, body, self.now_ms(), timeout_ms=timeout_ms,
                                            src_agent=src, priority=prio, wait_if_full=policy == "wait")
@@ -1128,11 +1149,8 @@ class AgentService:
         # than after whatever else is ready (another task's burst of sends): a request is latency-bound,
         # not batch-bound (decisions 0115, 0125).
         with write_promptly():
-            self._pump()
-        started = time.perf_counter()
-        result = await future
-        self.counters["replies"] += 1
-        return Reply(result.payload, result.from_agent, result.dest_node, (time.perf_counter() - started) * 1000)
+            self._pump_delivery()
+        return future
 
     def _new_waiter(self, msg_id: MessageId, agent_id: str, node_id: str, kind: int, timeout_s: float,
                     balanced: bool) -> asyncio.Future[Any]:
@@ -1266,7 +1284,8 @@ class AgentService:
     # -- the adapter loop ---------------------------------------------------------------------------------
 
     def now_ms(self) -> int:
-        return self._node.now_ms()
+        """The node's clock (`Node.now_ms`), read here without two calls on the way: once per frame."""
+        return int(self._time() * 1000)
 
     def schedule_pump(self) -> None:
         if not self._pump_scheduled and self._loop is not None and not self._closed:
@@ -1278,11 +1297,16 @@ class AgentService:
         now = self.now_ms()
         if t == 40 or t == 41:
             self.delivery.receive(sender_id, frame, now)
-        elif t == 32 or t == 33:
+            # Pump in this turn (decision 0115): the answer or ack leaves without waiting a loop turn.
+            if self._pumping:
+                self.schedule_pump()
+            else:
+                self._pump_delivery()
+            return
+        if t == 32 or t == 33:
             self.registry.receive(sender_id, frame, now)
         else:
             self.broadcaster.receive(sender_id, frame, now)
-        # Pump in this turn (decision 0115): the answer or ack leaves without waiting a loop turn.
         if self._pumping:
             self.schedule_pump()
         else:
@@ -1334,11 +1358,27 @@ class AgentService:
             return
         self._pumping = True
         try:
-            self._pump_once()
+            self._pump_once(True)
         finally:
             self._pumping = False
 
-    def _pump_once(self) -> None:
+    def _pump_delivery(self) -> None:
+        """`_pump` after a change to the delivery core alone (a delivery frame, a request): the registry
+        and broadcast cores are left to the pump their own changes schedule. This is the round-trip path;
+        it skips their six polls (decision 0126)."""
+        self._burst = 0
+        if self._closed:
+            return
+        if self._pumping:
+            self.schedule_pump()
+            return
+        self._pumping = True
+        try:
+            self._pump_once(False)
+        finally:
+            self._pumping = False
+
+    def _pump_once(self, full: bool) -> None:
         if self._handled:
             self._flush_handled()
         if self._acks or self._staged or self._deferred:
@@ -1353,18 +1393,19 @@ class AgentService:
             self._on_delivery_event(d)
         if self._received or self._replay:
             self._accept_durable()  # before messages_to_send: receipts are committed before their acks leave
-        while (r := registry.next_event()) is not None:
-            self._on_registry_event(r)
-        while (b := broadcaster.next_event()) is not None:
-            self._on_broadcast(b)
+        if full:
+            while (r := registry.next_event()) is not None:
+                self._on_registry_event(r)
+            while (b := broadcaster.next_event()) is not None:
+                self._on_broadcast(b)
         send = self._node.send_frame
         addresses = self._addresses
-        cores: tuple[Any, ...] = (delivery, registry, broadcaster)
+        cores: tuple[Any, ...] = (delivery, registry, broadcaster) if full else (delivery,)
         if progress and not self._lone_acks_held and not delivery.data_pending():
             # Only acks to send: hold them one loop turn, so the callers this pump just woke up (an
             # answered request) run first; the next pump sends them, with whatever arrives meanwhile.
             self._lone_acks_held = True
-            cores = (registry, broadcaster)
+            cores = (registry, broadcaster) if full else ()
             self.schedule_pump()
         else:
             self._lone_acks_held = False
@@ -1383,9 +1424,10 @@ class AgentService:
                 if not room.done():
                     room.set_result(None)
         when = delivery.get_timer()
-        for t in (registry.get_timer(), broadcaster.get_timer()):
-            if t is not None and (when is None or t < when):
-                when = t
+        if full:
+            for t in (registry.get_timer(), broadcaster.get_timer()):
+                if t is not None and (when is None or t < when):
+                    when = t
         # Re-arm only for an earlier deadline: a timer that fires early finds nothing due and re-arms,
         # which is cheaper than cancelling and re-arming on every pump.
         if when is not None and (self._timer_at is None or when < self._timer_at):

@@ -17,7 +17,9 @@ Guarantees (docs/protocols/messaging.md states them for users):
   receiving inbox rejects with `Backpressure`, or, with `wait_if_full`, holds the channel and retries
   until the message's TTL. Never a silent drop: every message ends in exactly one outcome event
   (`MessageDelivered` or a failure), except that a late `Expired` notice may follow `MessageDelivered`
-  when the message expired in the receiver's inbox before a handler took it.
+  when the message expired in the receiver's inbox before a handler took it. A request's outcome is
+  its answer (`ResponseReceived`, `HandlerError`) or a failure, and a response's is a failure or
+  nothing: neither emits `MessageDelivered` (decision 0126).
 - **ack meaning**: "accepted into the receiving agent's inbox". A failure without `confirmed` (timeouts)
   means "not confirmed": the message may still have been handled.
 """
@@ -590,10 +592,12 @@ class Delivery:
             raise ValueError("respond() answers requests only (Incoming.kind == KIND_REQUEST)")
         if error is not None:
             payload = error[:MAX_ERROR_CHARS].encode("utf-8", "replace")[:MAX_ERROR_CHARS]
+        elif type(payload) is not bytes or len(payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"payload must be bytes of at most {MAX_PAYLOAD_BYTES} (serialise it first)")
         mode = AT_LEAST_ONCE if request.reliable else BEST_EFFORT
-        return self._submit(request.sender_node, request.src_agent, payload, now_ms,
-                            KIND_ERROR if error is not None else KIND_RESPONSE, request.msg_id, request.dest_agent,
-                            mode, request.priority, 0, False, None)
+        return self._enqueue(request.sender_node, request.src_agent, payload, now_ms,
+                             KIND_ERROR if error is not None else KIND_RESPONSE, request.msg_id, request.dest_agent,
+                             mode, request.priority, 0, False, None)
 
     def next_msg_id(self) -> MessageId:
         """Allocate an id for a later `send(..., mode="durable", msg_id=...)`: store it in the outbox first."""
@@ -718,19 +722,32 @@ class Delivery:
         staged = self._staged
         self._staged = {}
         piggyback: dict[str, tuple[list[list[Any]], list[RejectEntry]]] = {}
-        nodes = list(self._ack_due) if not self._rejects else list(dict.fromkeys([*self._ack_due, *self._rejects]))
+        addresses = self._peers.addresses
+        ack_due, recv = self._ack_due, self._recv
+        if self._rejects:
+            nodes = list(dict.fromkeys([*ack_due, *self._rejects]))
+        else:
+            nodes = list(ack_due)
         for node in nodes:
-            address = self._peers.address(node)
-            keys = self._ack_due.pop(node, {})
-            rejects = self._rejects.pop(node, [])
+            address = addresses.get(node)
+            keys = ack_due.pop(node, {})
+            rejects = self._rejects.pop(node, []) if self._rejects else []
             if address is None:
                 continue
             entries = []  # in wire form (`acks_frame`): no AckEntry or Acks object per frame
             for key in keys:
-                rc = self._recv.get(key)
+                rc = recv.get(key)
                 if rc is not None:
                     sel = sorted(rc.buffer)[:MAX_SELECTIVE_ACKS] if rc.buffer else []
                     entries.append([key[1], key[2], rc.session, rc.upto, sel])
+            if not entries and not rejects:
+                continue
+            if len(entries) <= MAX_ACK_ENTRIES and len(rejects) <= MAX_ACK_ENTRIES:  # one chunk: the usual case
+                if staged.get(node):
+                    piggyback[node] = (entries, rejects)
+                else:
+                    out.append(Outgoing(address, node, acks_frame(entries, rejects, cluster)))
+                continue
             for i in range(0, max(len(entries), len(rejects)), MAX_ACK_ENTRIES):
                 chunk = (entries[i:i + MAX_ACK_ENTRIES], rejects[i:i + MAX_ACK_ENTRIES])
                 if i == 0 and staged.get(node):
@@ -739,7 +756,7 @@ class Delivery:
                     out.append(Outgoing(address, node, acks_frame(chunk[0], chunk[1], cluster)))
         step = self.config.max_batch
         for node, envs in staged.items():
-            address = self._peers.address(node)
+            address = addresses.get(node)
             if address is None:
                 continue
             if len(envs) > 1:
@@ -778,6 +795,14 @@ class Delivery:
             raise ValueError("wait_if_full needs a reliable mode and a ttl_ms (how long to wait)")
         if msg_id is not None and mode != DURABLE:
             raise ValueError("only durable messages reuse a stored msg_id (resend from the outbox)")
+        return self._enqueue(dest_node, dest_agent, payload, now_ms, kind, correlation, src_agent, mode, priority,
+                             ttl_ms, wait_if_full, msg_id)
+
+    def _enqueue(self, dest_node: str, dest_agent: str, payload: bytes, now_ms: int, kind: int,
+                 correlation: MessageId | None, src_agent: str, mode: str, priority: int, ttl_ms: int,
+                 wait_if_full: bool, msg_id: MessageId | None) -> MessageId:
+        """`_submit` after its checks: what `respond` calls directly, its other fields coming from a request
+        the receive path validated."""
         if self._tracked >= self.config.total_queue:
             self.counters["send_queue_full"] += 1
             raise SendQueueFull(f"{self._tracked} messages are queued on this node; wait or slow down")
@@ -795,7 +820,8 @@ class Delivery:
         if dest_node == self.node_id:
             self._local(m, now_ms)
             return msg_id
-        if dest_node not in self._peers and mode != DURABLE:
+        live = self._peers.addresses  # (membership test without `LivePeers.__contains__`: twice per message)
+        if dest_node not in live and mode != DURABLE:
             self._fail(m, NodeUnreachable, f"node {dest_node} is not a live member", now_ms)
             return msg_id
         if mode == BEST_EFFORT:
@@ -817,14 +843,14 @@ class Delivery:
         ch.last_ms = now_ms
         self._tracked += 1
         expires = m.expires_ms
-        if expires is not None:
+        if expires is not None and kind != KIND_REQUEST:  # a request's deadline timer (above) covers its TTL
             expiries = ch.expiries
             if expiries and ch.ttl_at is not None and expires >= expiries[-1].expires_ms:  # type: ignore[operator]
                 expiries.append(m)  # `_track_expiry`'s common case: in order, the channel's timer is armed
             else:
                 self._track_expiry(ch, m)
         inflight = ch.inflight
-        if ch.queue or len(inflight) >= self.config.window or dest_node not in self._peers:
+        if ch.queue or len(inflight) >= self.config.window or dest_node not in live:
             ch.queue.append(m)
             self._pump_channel(ch, now_ms)
             return msg_id
@@ -837,8 +863,8 @@ class Delivery:
         m.attempts = 1
         c = self.config
         rto = c.initial_rto_ms
-        if c.jitter:
-            rto = max(1, int(rto * (1.0 + self._rng.uniform(-c.jitter, c.jitter))))
+        if c.jitter:  # `uniform(-jitter, jitter)` spelt out: the same numbers, one Python call less
+            rto = max(1, int(rto * (1.0 + (-c.jitter + 2 * c.jitter * self._rng.random()))))
         due = m.retry_at = now_ms + rto
         staged = self._staged.get(dest_node)
         if staged is None:
@@ -1070,10 +1096,11 @@ class Delivery:
                     if m.state != _DONE:  # _finish, inlined: this loop runs once per acknowledged message
                         tracked += 1
                         m.state = _DONE
-                    if len(events) < MAX_EVENTS:
-                        events.append(_delivered(m.msg_id, sender, m.dest_agent))
-                    else:
-                        self._emit(_delivered(m.msg_id, sender, m.dest_agent))
+                    if m.kind == KIND_DATA:  # a request's outcome is its answer; a response's nobody awaits
+                        if len(events) < MAX_EVENTS:
+                            events.append(_delivered(m.msg_id, sender, m.dest_agent))
+                        else:
+                            self._emit(_delivered(m.msg_id, sender, m.dest_agent))
                 self._tracked -= tracked
             if acked:
                 ch.progress_ms = now_ms
@@ -1129,7 +1156,7 @@ class Delivery:
         self.counters["delivered"] += 1
         self._emit(Incoming(m.msg_id, self.node_id, m.src_agent, m.dest_agent, m.kind, m.priority, m.payload,
                             m.expires_ms, m.reliable, m.durable))
-        if m.reliable:
+        if m.reliable and m.kind == KIND_DATA:
             self._emit(MessageDelivered(m.msg_id, self.node_id, m.dest_agent))
 
     # -- receiver internals -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __sans_io__ = True
@@ -108,6 +108,11 @@ class LivePeers:
 
     def address(self, node_id: str) -> str | None:
         return self._address.get(node_id)
+
+    @property
+    def addresses(self) -> Mapping[str, str]:
+        """Node id -> address of every live member: a read-only view, for a loop that looks up many."""
+        return self._address
 
     def ids(self) -> list[str]:
         """Live node ids, sorted (deterministic)."""

@@ -296,7 +296,9 @@ class Node(AgentAPI):
 
     def send_frame(self, address: str | Address, frame: Any, peer_id: str | None) -> bool:
         """Queue a service's frame on the transport; False (and counted) when the peer's queue is full."""
-        transport = self._require_transport()
+        transport = self._transport
+        if transport is None:
+            raise NodeStopped("the node has not started")
         try:
             transport.send(address if isinstance(address, Address) else Address.parse(address), frame, peer_id)
         except BackpressureError:

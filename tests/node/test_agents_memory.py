@@ -7,6 +7,7 @@ import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -368,3 +369,22 @@ async def test_waiting_for_send_queue_room_ends_at_the_timeout(tmp_path: Path) -
             await a.send(agent.agent_id, "second", confirm=False, on_full="wait", timeout=0.3)
         assert 0.25 <= loop.time() - started < 5  # failed by the waiter sweep, not hung
         assert a.agents.stats()["service"]["send_waits"] == 1
+
+
+async def test_a_registry_change_made_by_an_inline_handler_is_published(tmp_path: Path) -> None:
+    """The request path pumps the delivery core alone (decision 0126); what a handler running inside that
+    pump changes in the registry (here its load) must still be published."""
+    async with _cluster(tmp_path, 2) as (_, nodes):
+        a, b = nodes
+        worker: list[Any] = []
+
+        def handle(message: Message) -> str:
+            worker[0].set_load(42)
+            return "ok"
+
+        worker.append(await b.register_agent("worker", ["work"], None, handle))
+        agent_id = worker[0].agent_id
+        await _until("registration", _sees([a], [agent_id]))
+        assert (await a.request(agent_id, b"go", timeout=5)).text() == "ok"
+        await _until("the new load at the other node", lambda: a.agents.registry.lookup(agent_id).record.load == 42,
+                     timeout_s=2.0)

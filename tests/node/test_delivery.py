@@ -295,6 +295,24 @@ def test_a_response_carries_the_ack_of_its_request_in_one_frame() -> None:
     assert a.counters["acks_stale"] == 0
 
 
+def test_a_request_ends_in_its_answer_alone_and_a_response_in_nothing() -> None:
+    """Decision 0126: no `MessageDelivered` for a request (its outcome is the answer) nor for a response
+    (nobody awaits it); both directions are still acknowledged, so no retransmission follows."""
+    net = Net(["a", "b"])
+    b = net.cores["b"]
+    b.open_inbox("calc")
+    rid = net.cores["a"].request("b", "calc", b"2+2", 0, timeout_ms=1_000)
+    net.run(5)
+    (req,) = net.take("b", Incoming)
+    b.release("calc")
+    b.respond(req, b"4", net.now)
+    net.run(900)
+    assert [type(e) for e in net.got["a"]] == [ResponseReceived] and net.got["a"][0].request_id == rid
+    assert [type(e) for e in net.got["b"]] == [Incoming]
+    assert net.cores["a"].counters["transmissions"] == 1 and b.counters["transmissions"] == 1
+    assert net.cores["a"].counters["delivered_acks"] == 1 and b.counters["delivered_acks"] == 1
+
+
 def test_acked_messages_do_not_wake_the_timer() -> None:
     net = Net(["a", "b"])
     net.cores["b"].open_inbox("x")
