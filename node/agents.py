@@ -1639,7 +1639,8 @@ class AgentService:
         if t is ResponseReceived:
             waiter = self._waiters.pop(event.request_id, None)
             if waiter is not None:
-                self._finished(waiter, True)
+                if waiter.balanced:
+                    self._finished(waiter, True)
                 if not waiter.future.done():
                     waiter.future.set_result(event)
             return

@@ -1112,7 +1112,8 @@ class Delivery:
                 m = inflight.get(seq)
                 if m is not None:
                     m.sacked = True
-            self._pump_channel(ch, now_ms)
+            if ch.queue:  # room for queued messages (`_pump_channel` has nothing to do otherwise)
+                self._pump_channel(ch, now_ms)
 
     def _on_reject(self, sender: str, r: RejectEntry, now_ms: int) -> None:
         self.counters["rejects_received"] += 1
@@ -1302,7 +1303,8 @@ class Delivery:
         kind = env[4]
         if kind == KIND_RESPONSE or kind == KIND_ERROR:
             self._on_response(sender, env[6], kind, env[10], env[11])
-            self._remember_durable(sender, env[3], durable)
+            if durable:
+                self._remember_durable(sender, env[3], durable)
             return True
         agent = env[5]
         capacity = self._capacity.get(agent)
