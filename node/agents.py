@@ -998,15 +998,7 @@ class AgentService:
                 return self._request_to(c.agent_id, c.node_id, body, max(1, int(left * 1000)), prio, policy, src, True)
 
             return await self._failover(to, attempt)
-        # `_request_to` inlined: one coroutine frame less on the round trip.
-        node_id = self._resolve(to)
-        if self.delivery.capacity(node_id, to, prio) <= 0:
-            await self._room_for(node_id, to, prio, policy, timeout_ms / 1000)
-        future = self._start_request(to, node_id, body, timeout_ms, prio, policy, src, False)
-        started = time.perf_counter()
-        result = await future
-        self.counters["replies"] += 1
-        return _reply(result.payload, result.from_agent, result.dest_node, (time.perf_counter() - started) * 1000)
+        return await self._request_to(to, self._resolve(to), body, timeout_ms, prio, policy, src, False)
 
     async def publish(self, topic: str, payload: Payload) -> MessageId:
         if not isinstance(topic, str) or not topic:
@@ -1149,7 +1141,7 @@ class AgentService:
         # than after whatever else is ready (another task's burst of sends): a request is latency-bound,
         # not batch-bound (decisions 0115, 0125).
         with write_promptly():
-            self._pump_delivery()
+            self._pump(False)
         return future
 
     def _new_waiter(self, msg_id: MessageId, agent_id: str, node_id: str, kind: int, timeout_s: float,
@@ -1301,7 +1293,7 @@ class AgentService:
             if self._pumping:
                 self.schedule_pump()
             else:
-                self._pump_delivery()
+                self._pump(False)
             return
         if t == 32 or t == 33:
             self.registry.receive(sender_id, frame, now)
@@ -1348,24 +1340,14 @@ class AgentService:
         self.broadcaster.handle_timer(now)
         self._pump()
 
-    def _pump(self) -> None:
-        self._pump_scheduled = False
-        self._burst = 0
-        if self._closed:
-            return
-        if self._pumping:
-            self.schedule_pump()
-            return
-        self._pumping = True
-        try:
-            self._pump_once(True)
-        finally:
-            self._pumping = False
+    def _pump(self, full: bool = True) -> None:
+        """Drain the cores: run what their events ask for, send their frames, re-arm the timer.
 
-    def _pump_delivery(self) -> None:
-        """`_pump` after a change to the delivery core alone (a delivery frame, a request): the registry
-        and broadcast cores are left to the pump their own changes schedule. This is the round-trip path;
-        it skips their six polls (decision 0126)."""
+        `full=False` after a change to the delivery core alone (a delivery frame, a request): the
+        registry and broadcast cores are left to the pump their own changes schedule. That is the
+        round-trip path, which skips their six polls (decision 0126)."""
+        if full:
+            self._pump_scheduled = False
         self._burst = 0
         if self._closed:
             return
@@ -1374,7 +1356,7 @@ class AgentService:
             return
         self._pumping = True
         try:
-            self._pump_once(False)
+            self._pump_once(full)
         finally:
             self._pumping = False
 
