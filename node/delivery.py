@@ -740,14 +740,6 @@ class Delivery:
                 if rc is not None:
                     sel = sorted(rc.buffer)[:MAX_SELECTIVE_ACKS] if rc.buffer else []
                     entries.append([key[1], key[2], rc.session, rc.upto, sel])
-            if not entries and not rejects:
-                continue
-            if len(entries) <= MAX_ACK_ENTRIES and len(rejects) <= MAX_ACK_ENTRIES:  # one chunk: the usual case
-                if staged.get(node):
-                    piggyback[node] = (entries, rejects)
-                else:
-                    out.append(Outgoing(address, node, acks_frame(entries, rejects, cluster)))
-                continue
             for i in range(0, max(len(entries), len(rejects)), MAX_ACK_ENTRIES):
                 chunk = (entries[i:i + MAX_ACK_ENTRIES], rejects[i:i + MAX_ACK_ENTRIES])
                 if i == 0 and staged.get(node):

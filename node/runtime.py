@@ -296,9 +296,7 @@ class Node(AgentAPI):
 
     def send_frame(self, address: str | Address, frame: Any, peer_id: str | None) -> bool:
         """Queue a service's frame on the transport; False (and counted) when the peer's queue is full."""
-        transport = self._transport
-        if transport is None:
-            raise NodeStopped("the node has not started")
+        transport = self._require_transport()
         try:
             transport.send(address if isinstance(address, Address) else Address.parse(address), frame, peer_id)
         except BackpressureError:

@@ -386,5 +386,11 @@ async def test_a_registry_change_made_by_an_inline_handler_is_published(tmp_path
         agent_id = worker[0].agent_id
         await _until("registration", _sees([a], [agent_id]))
         assert (await a.request(agent_id, b"go", timeout=5)).text() == "ok"
+        # The change is due (publish delay) before anything the delivery pump armed: a full pump is
+        # pending or has armed the service's timer for it.
+        service = b.agents
+        due = service.registry.get_timer()
+        assert due is not None
+        assert service._pump_scheduled or (service._timer_at is not None and service._timer_at <= due)
         await _until("the new load at the other node", lambda: a.agents.registry.lookup(agent_id).record.load == 42,
                      timeout_s=2.0)
