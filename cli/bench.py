@@ -118,6 +118,8 @@ def messaging(
         ("request RTT p50 µs", result["request_rtt"]["p50_us"], raw["rtt_p50_us"]),
         ("request RTT p99 µs", result["request_rtt"]["p99_us"], raw["rtt_p99_us"]),
         (f"request RTT p99 µs at {result['request_rtt_half_load']['load_msgs_per_s']} msgs/s", result["request_rtt_half_load"]["p99_us"], ""),
+        ("request CPU µs per round trip, both nodes in one process (memory transport)",
+         result["request_rtt_memory"]["cpu_us_per_request"], ""),
         (f"broadcast to all {bc['agents']} agents of {bc['nodes']} nodes, p50 / max ms", f"{bc['all_agents_ms_p50']} / {bc['all_agents_ms_max']}", ""),
         (f"simulated broadcast, {sim['nodes']} nodes: ms to 99.99% (max)", sim["reach_ms_max"], ""),
         ("simulated duplicates per node per message (steady / first)", f"{sim['duplicates_per_node_max']} / {sim['first_message']['duplicates_per_node']}", ""),

@@ -11,6 +11,9 @@ What runs (all on 127.0.0.1, uvloop):
     `BATCH` messages (reported apart, under "unicast_batched");
   - request/response round trips one at a time (p50/p99), then again while at-least-once traffic runs
     at half the measured at-least-once maximum, issued in 5 ms bursts (judged) and every 1 ms (beside);
+- the same request round trip between two `Node`s in this process over the memory transport: the CPU
+  the messaging layer spends per round trip (both nodes, no sockets, no TLS), a figure the machine's
+  load stretches far less than the two-process ones (reported, not judged);
 - a 10-node local cluster with demo agents: time from `broadcast` until the last of its 30 agents
   handled it (demo agents log a wall-clock timestamp; one machine, one clock);
 - the simulator figure: Plumtree (`broadcast.py`) cores for 1000 nodes driven by a discrete-event loop
@@ -42,6 +45,8 @@ BATCH = 256
 """Messages per `send_many` call in the batched phases (SEND_WINDOW // BATCH calls in flight)."""
 RTT_WARMUP = 200
 RTT_SAMPLES = 2_000
+MEMORY_RTT_REQUESTS = 20_000
+"""Round trips of the in-process (memory transport) phase."""
 BROADCASTS = 10
 """Broadcasts measured in the 10-node cluster."""
 PHASE_TIMEOUT_S = 120.0
@@ -71,6 +76,7 @@ def run_messaging_benchmark(messages: int = 50_000, *, broadcast_nodes: int = 10
         result["raw_tls"] = transport["raw_tls"]
         result["transport_tls"] = transport["agentnode"]
     result.update(_run_loop(lambda: _unicast_phases(messages)))
+    result["request_rtt_memory"] = _run_loop(lambda: _memory_round_trips(MEMORY_RTT_REQUESTS))
     result["broadcast_cluster"] = _broadcast_cluster(broadcast_nodes)
     result["simulation"] = simulate_broadcast(sim_nodes)
     result["ratios"], result["met"] = _judge(result)
@@ -228,6 +234,39 @@ async def _rtt_under_load(node: Any, sink: str, payload: bytes, rate: float, tic
     finally:
         stop.set()
         await task
+
+
+async def _memory_round_trips(requests: int) -> dict[str, Any]:
+    """Back-to-back requests between two nodes of this process over the memory transport: the
+    messaging layer's own CPU per round trip (both nodes), without sockets or TLS."""
+    from agentnode.config import NodeConfig
+    from agentnode.runtime import Node
+    from agentnode.transport.memory import MemoryHub, MemoryTransport
+
+    with tempfile.TemporaryDirectory(prefix="agentnode-msgbench-mem-") as tmp:
+        hub = MemoryHub()
+        nodes = []
+        for i in (1, 2):
+            config = NodeConfig.build(data_dir=Path(tmp) / f"n{i}", listen=f"10.0.0.{i}:7946", cluster="bench",
+                                      bootstrap=[] if i == 1 else ["10.0.0.1:7946"], mdns=False, profile="local", seed=i)
+            nodes.append(Node(config, transport=MemoryTransport(hub, f"node{i}", config.listen), control=False))
+        for node in nodes:
+            await node.start()
+        try:
+            sender, receiver = nodes
+            sink = await receiver.register_agent("sink", ["sink"], handler=lambda m: m.payload)
+            await _wait(lambda: sender.agents.registry.lookup(sink.agent_id) is not None, "the in-process sink")
+            payload = b"x" * PAYLOAD_BYTES
+            for _ in range(RTT_WARMUP):
+                await sender.request(sink.agent_id, payload, timeout=5)
+            cpu, wall = time.process_time(), time.perf_counter()
+            for _ in range(requests):
+                await sender.request(sink.agent_id, payload, timeout=5)
+            return {"requests": requests, "cpu_us_per_request": round((time.process_time() - cpu) / requests * 1e6, 1),
+                    "wall_us_per_request": round((time.perf_counter() - wall) / requests * 1e6, 1)}
+        finally:
+            for node in nodes:
+                await node.stop()
 
 
 # -- broadcast in a local cluster -------------------------------------------------------------------------

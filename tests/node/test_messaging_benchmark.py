@@ -27,3 +27,11 @@ def test_cpu_clock_reports_sender_and_receiver_cpu_per_unit() -> None:
         sum(i * i for i in range(200_000))
         both = clock.per("request", 4)
         assert both["receiver_cpu_us_per_request"] >= 0 and both["sender_cpu_us_per_request"] > 0
+
+
+def test_memory_round_trips_answer_every_request_and_report_cpu_per_round_trip() -> None:
+    from agentnode.messaging_benchmark import _memory_round_trips, _run_loop
+
+    result = _run_loop(lambda: _memory_round_trips(50))
+    assert result["requests"] == 50
+    assert 0 < result["cpu_us_per_request"] and 0 < result["wall_us_per_request"]
