@@ -153,10 +153,10 @@ SEND_CHUNK = 1_000
 """Messages a control `agents.send --count N` keeps in flight at once."""
 MAX_ADDRESSES = 10_000
 """Parsed peer addresses cached by the pump (cleared when full)."""
-SEND_BURST = 16
-"""Unconfirmed sends accepted between two pumps before `send` yields to the loop once (decision 0125):
-a task sending in a tight loop never suspends otherwise, and a 160-message burst held the loop for ~2 ms
-while requests, their answers and acks waited. 16 sends are ~0.2 ms of sender CPU."""
+SEND_BURST = 8
+"""Unconfirmed sends accepted between two pumps before `send` yields to the loop once (decisions 0125,
+0127): a task sending in a tight loop never suspends otherwise, and a 160-message burst held the loop
+for ~2 ms while requests, their answers and acks waited. 8 sends are ~0.06 ms of sender CPU."""
 RESEND_BATCH = 10_000
 """Outbox entries handed to delivery per loop turn at start (bounds the start-up stall)."""
 BUILTIN_NAME = "_node"
@@ -323,6 +323,28 @@ _ERROR_FOR: dict[type, type[DeliveryError]] = {
     Expired: ExpiredError,
 }
 _FAILOVER_ERRORS = (UnknownAgentError, NodeUnreachableError, BackpressureError)
+
+
+async def _yield_behind_io(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Suspend until the loop has polled for I/O and run the tasks that I/O woke (decision 0127).
+
+    `asyncio.sleep(0)` queues the caller's next step at once, ahead of the frames the loop is about to
+    read, so a caller woken by one of them (an answered request) waits behind the next burst. Two hops
+    put this caller's wake-up behind theirs on either loop: uvloop reads in its own phase after the
+    queue, asyncio's loop appends the read to the queue behind what is there."""
+    assert loop is not None
+    future = loop.create_future()
+    loop.call_soon(_hop, loop, future)
+    await future
+
+
+def _hop(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    loop.call_soon(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # the caller was cancelled meanwhile
+        future.set_result(None)
 
 
 def _error(outcome: Any) -> DeliveryError:
@@ -875,9 +897,10 @@ class AgentService:
         else:
             self._burst += 1
             if self._burst >= SEND_BURST:
-                # Nothing else suspends this call: let the pump, answers and other tasks run (decision 0125).
+                # Nothing else suspends this call: let the pump, answers and other tasks run (decision 0125),
+                # and the callers those answers wake run before this burst goes on (decision 0127).
                 self._burst = 0
-                await asyncio.sleep(0)
+                await _yield_behind_io(self._loop)
         return msg_id
 
     def _send_options(self, delivery: str, ttl: float | None, priority: Priority, confirm: bool | None,
