@@ -1144,15 +1144,6 @@ class AgentService:
                           src: str, balanced: bool) -> Reply:
         if self.delivery.capacity(node_id, agent_id, prio) <= 0:
             await self._room_for(node_id, agent_id, prio, policy, timeout_ms / 1000)
-        future = self._start_request(agent_id, node_id, body, timeout_ms, prio, policy, src, balanced)
-        started = time.perf_counter()
-        result = await future
-        self.counters["replies"] += 1
-        return _reply(result.payload, result.from_agent, result.dest_node, (time.perf_counter() - started) * 1000)
-
-    def _start_request(self, agent_id: str, node_id: str, body: bytes, timeout_ms: int, prio: int, policy: str,
-                       src: str, balanced: bool) -> asyncio.Future[Any]:
-        """Hand a request to the delivery core and write it; the future resolves with its answer."""
         try:
             msg_id = self.delivery.request(node_id, agent_id, body, self.now_ms(), timeout_ms=timeout_ms,
                                            src_agent=src, priority=prio, wait_if_full=policy == "wait")
@@ -1160,12 +1151,15 @@ class AgentService:
             raise self._local_backpressure(agent_id, node_id, str(exc)) from None
         # The core enforces the deadline; the sweep's bound only guards against a lost event.
         future = self._new_waiter(msg_id, agent_id, node_id, KIND_REQUEST, timeout_ms / 1000 + 1.0, balanced)
-        # Pump now rather than on the next loop turn, and write the frame before this call returns rather
-        # than after whatever else is ready (another task's burst of sends): a request is latency-bound,
-        # not batch-bound (decisions 0115, 0125).
+        # Pump now rather than on the next loop turn, and write the frame before awaiting rather than
+        # after whatever else is ready (another task's burst of sends): a request is latency-bound, not
+        # batch-bound (decisions 0115, 0125). The delivery core alone changed (decision 0126).
         with write_promptly():
             self._pump(False)
-        return future
+        started = time.perf_counter()
+        result = await future
+        self.counters["replies"] += 1
+        return _reply(result.payload, result.from_agent, result.dest_node, (time.perf_counter() - started) * 1000)
 
     def _new_waiter(self, msg_id: MessageId, agent_id: str, node_id: str, kind: int, timeout_s: float,
                     balanced: bool) -> asyncio.Future[Any]:
@@ -1312,20 +1306,18 @@ class AgentService:
         now = self.now_ms()
         if t == 40 or t == 41:
             self.delivery.receive(sender_id, frame, now)
-            # Pump in this turn (decision 0115): the answer or ack leaves without waiting a loop turn.
-            if self._pumping:
-                self.schedule_pump()
-            else:
-                self._pump(False)
-            return
-        if t == 32 or t == 33:
-            self.registry.receive(sender_id, frame, now)
+            full = False  # the delivery core alone changed (decision 0126)
         else:
-            self.broadcaster.receive(sender_id, frame, now)
+            if t == 32 or t == 33:
+                self.registry.receive(sender_id, frame, now)
+            else:
+                self.broadcaster.receive(sender_id, frame, now)
+            full = True
+        # Pump in this turn (decision 0115): the answer or ack leaves without waiting a loop turn.
         if self._pumping:
             self.schedule_pump()
         else:
-            self._pump()
+            self._pump(full)
 
     def _on_member_event(self, event: ev.NodeEvent) -> None:
         if isinstance(event, (ev.MemberJoined, ev.MemberAlive, ev.MemberUpdated)):
@@ -1644,8 +1636,7 @@ class AgentService:
         if t is ResponseReceived:
             waiter = self._waiters.pop(event.request_id, None)
             if waiter is not None:
-                if waiter.balanced:
-                    self._finished(waiter, True)
+                self._finished(waiter, True)
                 if not waiter.future.done():
                     waiter.future.set_result(event)
             return

@@ -1295,8 +1295,7 @@ class Delivery:
         kind = env[4]
         if kind == KIND_RESPONSE or kind == KIND_ERROR:
             self._on_response(sender, env[6], kind, env[10], env[11])
-            if durable:
-                self._remember_durable(sender, env[3], durable)
+            self._remember_durable(sender, env[3], durable)
             return True
         agent = env[5]
         capacity = self._capacity.get(agent)
