@@ -502,7 +502,11 @@ def crdt_minority_fails_fast(ctx: RunContext, params: dict[str, Any]) -> Verdict
     with ConsistencyNotMet (the clear error docs/state.md promises), after `grace_s` for detection.
 
     Sides are judged by node count: the replica roster keeps failed members (docs/state.md section 2),
-    so N is the cluster size."""
+    so N is the cluster size. A write can only fail once its node's failure detector has declared
+    enough peers failed: with a membership workload recording views, `max_ms` counts from the later of
+    the write and the first view of its node that shows too few replicas reachable (Lifeguard slows a
+    minority's detection down: its own probes fail, so its awareness score rises). Writes whose node
+    never showed that before the heal are reported, not judged."""
     max_ms = float(params.get("max_ms", 3000))
     grace_s = float(params.get("grace_s", 0.0))
     size = ctx.cluster.size
@@ -511,20 +515,50 @@ def crdt_minority_fails_fast(ctx: RunContext, params: dict[str, Any]) -> Verdict
         end = next((e.t_s for e in ctx.timeline if e.t_s > t_s and e.action in ("heal", "heal_partition", "end")), float("inf"))
         rest = [n for n in range(size) if not any(n in g for g in groups)]
         side_of = {n: len(g) for g in [*groups, rest] for n in g}
-        windows.append((t_s + grace_s, end, side_of))
+        windows.append((t_s, t_s + grace_s, end, side_of))
     if not windows:
         return Verdict("minority_fails_fast", "error", "the scenario made no partition")
     writes: list[CrdtWrite] = ctx.workloads["crdt"].recorded()  # type: ignore[attr-defined]
-    inside = [w for w in writes for (a, b, side_of) in windows
-              if a <= w.t_s <= b and w.node in side_of and (_required(w.consistency, size) or 0) > side_of[w.node]]
-    return judge_minority_writes(inside, max_ms, grace_s)
+    views = ctx.recorder.views()
+    viewed = {node for _, node, _ in views}
+    inside: list[CrdtWrite] = []
+    due_from: list[float] = []
+    undetected: list[CrdtWrite] = []
+    for w in writes:
+        for split, a, b, side_of in windows:
+            required = _required(w.consistency, size) or 0
+            if not (a <= w.t_s <= b and w.node in side_of and required > side_of[w.node]):
+                continue
+            if w.node not in viewed:  # no membership views: judged from the write itself
+                inside.append(w)
+                due_from.append(w.t_s)
+                continue
+            known = next((t for t, node, view in views if node == w.node and split <= t <= b
+                          and sum(1 for state in view.values() if state in ("alive", "suspect")) < required), None)
+            if known is None:
+                undetected.append(w)
+            else:
+                inside.append(w)
+                due_from.append(max(w.t_s, known))
+    if undetected and not inside:
+        return Verdict("minority_fails_fast", "skip",
+                       f"{len(undetected)} minority-side write(s), but no writer's failure detector declared the other "
+                       "side failed before the heal: nothing to judge",
+                       {"undetected": [{"t_s": w.t_s, "node": w.node, "latency_ms": round(w.latency_ms)}
+                                       for w in undetected[:EVIDENCE_LINES_MAX]]})
+    verdict = judge_minority_writes(inside, max_ms, grace_s, due_from)
+    verdict.evidence["undetected_writes"] = len(undetected)
+    return verdict
 
 
-def judge_minority_writes(inside: list[CrdtWrite], max_ms: float, grace_s: float) -> Verdict:
-    """The CRDT half of `minority_fails_fast` on the writes already known to be on a too-small side."""
+def judge_minority_writes(inside: list[CrdtWrite], max_ms: float, grace_s: float,
+                          due_from: list[float] | None = None) -> Verdict:
+    """The CRDT half of `minority_fails_fast` on the writes already known to be on a too-small side.
+    `due_from[i]`: when `inside[i]`'s `max_ms` starts (default: when it was sent)."""
     if not inside:
         return Verdict("minority_fails_fast", "error", "no CRDT write needing a majority was sent to a minority side during the partition")
-    slow = [w for w in inside if w.latency_ms > max_ms]
+    starts = due_from if due_from is not None else [w.t_s for w in inside]
+    slow = [w for w, start in zip(inside, starts) if w.t_s + w.latency_ms / 1000 - start > max_ms / 1000]
     succeeded = [w for w in inside if w.outcome == "ok"]
     unclear = [w for w in inside if w.outcome != "ok" and not w.error.startswith("ConsistencyNotMet")]
     latencies = sorted(w.latency_ms for w in inside)
@@ -537,6 +571,7 @@ def judge_minority_writes(inside: list[CrdtWrite], max_ms: float, grace_s: float
         "grace_s": grace_s,
         "outcomes": kinds,
         "latency_ms": {"median": round(latencies[len(latencies) // 2], 1), "max": round(latencies[-1], 1)},
+        "waited_for_detection_ms": {"max": round(max(start - w.t_s for w, start in zip(inside, starts)) * 1000)},
         "example_error": next((w.error for w in inside if w.error), ""),
         "slower_than_max": [{"t_s": w.t_s, "node": w.node, "latency_ms": round(w.latency_ms), "error": w.error} for w in slow[:EVIDENCE_LINES_MAX]],
         "succeeded": [{"t_s": w.t_s, "node": w.node, "key": w.key} for w in succeeded[:EVIDENCE_LINES_MAX]],
@@ -554,7 +589,8 @@ def judge_minority_writes(inside: list[CrdtWrite], max_ms: float, grace_s: float
     return Verdict(
         "minority_fails_fast", "pass",
         f"all {len(inside)} CRDT writes needing more replicas than their side holds failed with ConsistencyNotMet "
-        f"within {max_ms:g} ms (median {evidence['latency_ms']['median']} ms)",
+        f"within {max_ms:g} ms of being sent or of their node declaring the other side failed "
+        f"(median {evidence['latency_ms']['median']} ms)",
         evidence,
     )
 

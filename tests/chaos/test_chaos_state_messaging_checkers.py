@@ -130,6 +130,34 @@ def test_minority_fails_fast_picks_the_crdt_writes_on_the_small_side_after_the_g
     assert run_check("minority_fails_fast", ctx_of(), {}).status == "skip"
 
 
+def test_minority_fails_fast_counts_from_when_the_writer_learnt_the_split() -> None:
+    """With membership views, a write is due `max_ms` after its node's view first showed too few replicas
+    reachable: Lifeguard may take longer than the grace to declare the other side failed in a minority."""
+    ctx = ctx_of(5)
+    ctx.partitions.append((2.0, [[0, 1], [2, 3, 4]]))
+    ctx.timeline.append(FaultEvent(12.0, "heal", "heal"))
+    whole = {f"id{i}": "alive" for i in range(5)}
+    split = {**whole, "id2": "dead", "id3": "dead", "id4": "suspect"}  # 3 reachable: a majority write can still wait
+    detected = {**split, "id4": "dead"}
+    for t in (2.5, 5.0, 8.0):
+        ctx.recorder.add_view(t, 0, whole if t < 5 else split)
+    ctx.recorder.add_view(9.5, 0, detected)
+    clear = "ConsistencyNotMet: reached 2 of the 3 replicas it needs (lost peers)"
+    waited = w("c", "incr", 1, "applied", node=0, t=7.2, level="majority", ms=2500, error=clear)  # failed at 9.7 s
+    ctx.workloads["crdt"] = FakeCrdt([waited])  # type: ignore[assignment]
+    verdict = run_check("minority_fails_fast", ctx, {"grace_s": 5, "max_ms": 2000})
+    assert verdict.status == "pass", verdict
+    assert verdict.evidence["waited_for_detection_ms"]["max"] == 2300
+    slow = w("c", "incr", 1, "applied", node=0, t=9.6, level="majority", ms=2500, error=clear)  # after detection
+    ctx.workloads["crdt"] = FakeCrdt([waited, slow])  # type: ignore[assignment]
+    assert run_check("minority_fails_fast", ctx, {"grace_s": 5, "max_ms": 2000}).status == "fail"
+    # Node 1 never showed the split before the heal: its writes are reported, not judged.
+    ctx.recorder.add_view(8.0, 1, whole)
+    ctx.workloads["crdt"] = FakeCrdt([w("c", "incr", 1, "applied", node=1, t=8.0, level="majority", ms=4000, error=clear)])  # type: ignore[assignment]
+    undetected = run_check("minority_fails_fast", ctx, {"grace_s": 5, "max_ms": 2000})
+    assert undetected.status == "skip" and undetected.evidence["undetected"][0]["node"] == 1
+
+
 def test_durable_judge_finds_loss_duplicates_and_inventions() -> None:
     confirmed = {"chaos-b0 #0", "chaos-b0 #1"}
     unconfirmed = {"chaos-b1 #0", "chaos-b1 #1"}
